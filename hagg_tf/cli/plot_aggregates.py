@@ -1,0 +1,85 @@
+"""Figures of the stochastic model: Fig. 2 (aggregates in 3D) and Fig. 4 (D_f(A), ρ(A) vs θ).
+
+Examples:
+  hagg-plot-aggregates                          # both figures from fresh draws
+  hagg-plot-aggregates --figure=fig2 --input=work/aggregates/default
+  hagg-plot-aggregates --figure=fig4 --per_value=200 --workers=2
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from hagg_tf.model import batch, io
+from hagg_tf.model.generator import sample_aggregate
+from hagg_tf.model.parameters import ModelParameters
+
+_FIGURE = flags.DEFINE_enum("figure", "both", ["fig2", "fig4", "both"], "Which figure.")
+_INPUT = flags.DEFINE_string(
+    "input", None, "For fig2: an aggregate file or a generate_aggregates directory; "
+    "default: six fresh draws at the paper's Fig. 2-like θ.")
+_COUNT = flags.DEFINE_integer("count", 6, "Aggregates shown in fig2.")
+_PER_VALUE = flags.DEFINE_integer("per_value", 100, "Fig. 4 draws per preset value.")
+_SEED = flags.DEFINE_integer("seed", 0, "Base seed of the draws.")
+_WORKERS = flags.DEFINE_integer("workers", batch.default_workers(), "Worker processes.")
+_OUTPUT = flags.DEFINE_string("output", "work/figures", "Output directory for the PNGs.")
+
+_FIG2_THETAS = [(1.5, 0.3, 3, 1), (1.8, 0.5, 2, 2), (2.0, 0.7, 1, 4), (2.2, 0.2, 5, 3),
+                (2.4, 0.6, 4, 6), (2.5, 0.9, 6, 1)]
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _fig2_aggregates():
+    if _INPUT.value is None:
+        thetas = [_FIG2_THETAS[number % len(_FIG2_THETAS)] for number in range(_COUNT.value)]
+        return [sample_aggregate(ModelParameters(*theta), _SEED.value, number)
+                for number, theta in enumerate(thetas)]
+    path = Path(_INPUT.value)
+    if path.is_dir():
+        return batch.load_directory(path)[:_COUNT.value]
+    return io.load_aggregates(path)[:_COUNT.value]
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _COUNT.value < 1 or _PER_VALUE.value < 2:
+        _fail("--count must be >= 1 and --per_value >= 2")
+    from hagg_tf.evaluation import figures, model_statistics
+
+    output = Path(_OUTPUT.value)
+    try:
+        if _FIGURE.value in ("fig2", "both"):
+            path = figures.plot_aggregates_3d(_fig2_aggregates(), output / "fig2_aggregates.png")
+            print(f"Fig. 2: {path}")
+        if _FIGURE.value in ("fig4", "both"):
+            samples = {parameter: model_statistics.fig4_sample(
+                parameter, _PER_VALUE.value, _SEED.value, _WORKERS.value)
+                for parameter in ("fractal_dimension", "mixing_ratio")}
+            path = figures.plot_fig4(samples["fractal_dimension"], samples["mixing_ratio"],
+                                     output / "fig4_descriptors.png")
+            tables = {parameter: sample.table() for parameter, sample in samples.items()}
+            io.atomic_write(output / "fig4_table.json",
+                            lambda stream: stream.write(json.dumps(tables, indent=2).encode()))
+            print(f"Fig. 4: {path}")
+            for parameter, rows in tables.items():
+                print(f"{parameter}: preset  mean  s.d.  (n)")
+                for row in rows:
+                    print(f"  {row['preset']:.1f}  {row['mean']:.3f}  {row['std']:.3f}  "
+                          f"({row['count']})")
+    except (OSError, ValueError, ImportError) as error:
+        _fail(str(error))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,200 @@
+"""Simulate HAADF-STEM images of aggregates (paper Sec. 2.1.4) as 16-bit PNGs with metadata.
+
+Input is either aggregate files written by hagg_tf.model.io.save_aggregate, or θ, from which
+aggregates are drawn with the stochastic model. Image j is rendered with the random stream
+(--seed, --start_index + j), so the result does not depend on --workers.
+
+Examples:
+  python tools/simulate_stem.py --theta=1.8,0.5,3,2 --count=12 --seed=1 --out_dir=work/stem/images
+  python tools/simulate_stem.py --aggregates='work/aggregates/*.npz' --workers=2
+  python tools/simulate_stem.py --theta=2.0,0.3,1,4 --tables=my_stemsim_tables.csv
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from hagg_tf.stem import render as render_module
+
+_AGGREGATES = flags.DEFINE_list("aggregates", None,
+                                "Aggregate files (.npz) or glob patterns or directories.")
+_THETA = flags.DEFINE_list("theta", None,
+                           "θ = theta_Df,theta_rho,theta_0,theta_1 to draw aggregates from.")
+_COUNT = flags.DEFINE_integer("count", 1, "Aggregates to draw from --theta.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Base seed (aggregate and image j use (seed, index)).",
+                             lower_bound=0)
+_START_INDEX = flags.DEFINE_integer("start_index", 0, "Index of the first image.", lower_bound=0)
+_OUT_DIR = flags.DEFINE_string("out_dir", "work/stem/images", "Output directory.")
+_TABLES = flags.DEFINE_string("tables", None,
+                              "HAADF table file (default: the shipped abTEM tables).")
+_DETECTOR = flags.DEFINE_enum("detector", "sensitivity", ["sensitivity", "flat"],
+                              "Detector: measured sensitivity curve or flat 55-250 mrad "
+                              "(table columns 'intensity' / 'intensity_flat').")
+_PIXEL = flags.DEFINE_float("pixel_size_nm", render_module.DEFAULT_PIXEL_SIZE_NM, "Pixel size, nm.")
+_SIZE = flags.DEFINE_integer("image_size", render_module.DEFAULT_IMAGE_SIZE, "Pixels per edge.",
+                             lower_bound=8)
+_DOSE = flags.DEFINE_float("dose", render_module.DEFAULT_DOSE, "Electron dose, e/Å².")
+_FOCAL = flags.DEFINE_float("focal_plane_nm", 0.0,
+                            "Focal plane height above the centre of mass, nm.")
+_SCAN_NOISE = flags.DEFINE_float("scan_noise_nm", render_module.DEFAULT_SCAN_NOISE_NM,
+                                 "Probe displacement s.d., nm.")
+_SHOT_NOISE = flags.DEFINE_boolean("shot_noise", True, "Poisson shot noise.")
+_SAVE_AGGREGATES = flags.DEFINE_boolean("save_aggregates", True,
+                                        "With --theta, also save each aggregate (.npz).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Processes.", lower_bound=1)
+
+_worker_tables = None
+
+
+class InputError(Exception):
+    """Bad user input; reported as one line, exit status 2."""
+
+
+def _fail(message: str) -> None:
+    print(f"simulate_stem: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _load_tables(path, detector):
+    from hagg_tf.stem.tables import load_tables
+    column = "intensity" if detector == "sensitivity" else "intensity_flat"
+    return load_tables(path, column=column)
+
+
+def _init_worker(tables_path, detector):
+    global _worker_tables
+    _worker_tables = _load_tables(tables_path, detector)
+
+
+def _render_job(job: dict) -> dict:
+    """Load or draw one aggregate, render it, write the PNG (and aggregate)."""
+    from hagg_tf.stem.io import write_stem_png
+    out_dir = Path(job["out_dir"])
+    if job["source"] == "file":
+        try:
+            from hagg_tf.model.io import load_aggregate
+        except ImportError as error:
+            raise InputError(f"reading aggregate files needs hagg_tf.model.io ({error})")
+        try:
+            aggregate = load_aggregate(job["path"])
+        except Exception as error:  # any parse failure is a bad input file
+            raise InputError(f"{job['path']}: not a readable aggregate file ({error})")
+        name = Path(job["path"]).stem
+    else:
+        from hagg_tf.model.generator import sample_aggregate
+        from hagg_tf.model.parameters import ModelParameters
+        aggregate = sample_aggregate(ModelParameters(*job["theta"]), job["seed"], job["index"])
+        name = f"aggregate_{job['index']:06d}"
+        if job["save_aggregate"]:
+            from hagg_tf.model.io import save_aggregate
+            save_aggregate(out_dir / f"{name}.npz", aggregate)
+    image = render_module.render_stem(aggregate, seed=job["seed"], index=job["index"],
+                                      tables=_worker_tables, **job["render"])
+    path = write_stem_png(out_dir / f"{name}.png", image)
+    return {"path": str(path), "particles_outside": image.metadata["particles_outside"],
+            "saturated": image.metadata["saturated_pixels"]}
+
+
+def _expand(patterns: list[str]) -> list[str]:
+    files = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            files.extend(sorted(str(p) for p in path.glob("*.npz")))
+        elif any(char in pattern for char in "*?["):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise InputError(f"no aggregate files match {pattern!r}")
+            files.extend(matches)
+        elif path.is_file():
+            files.append(pattern)
+        else:
+            raise InputError(f"{pattern}: aggregate file not found")
+    if not files:
+        raise InputError("no aggregate files given")
+    return files
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if bool(_AGGREGATES.value) == bool(_THETA.value):
+        raise app.UsageError("give exactly one of --aggregates and --theta")
+    try:
+        from hagg_tf.stem.tables import TableError
+        try:
+            tables = _load_tables(_TABLES.value, _DETECTOR.value)
+        except TableError as error:
+            raise InputError(str(error))
+        theta = None
+        if _THETA.value:
+            from hagg_tf.model.parameters import ModelParameters, ParameterError
+            try:
+                theta = ModelParameters.from_sequence(float(v) for v in _THETA.value).as_tuple()
+            except (ParameterError, ValueError) as error:
+                raise InputError(f"--theta: {error}")
+            sources = [None] * _COUNT.value
+        else:
+            sources = _expand(_AGGREGATES.value)
+        if _PIXEL.value <= 0 or _DOSE.value < 0 or _SCAN_NOISE.value < 0:
+            raise InputError("--pixel_size_nm must be > 0, --dose and --scan_noise_nm >= 0")
+        render_kwargs = dict(pixel_size_nm=_PIXEL.value, image_size=_SIZE.value, dose=_DOSE.value,
+                             focal_plane_nm=_FOCAL.value, scan_noise_nm=_SCAN_NOISE.value,
+                             shot_noise=_SHOT_NOISE.value)
+        out_dir = Path(_OUT_DIR.value)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs = [{"source": "theta" if theta else "file", "path": source, "theta": theta,
+                 "seed": _SEED.value, "index": _START_INDEX.value + position,
+                 "save_aggregate": _SAVE_AGGREGATES.value, "out_dir": str(out_dir),
+                 "render": render_kwargs} for position, source in enumerate(sources)]
+        results = _run(jobs, tables)
+    except InputError as error:
+        _fail(str(error))
+    outside = sum(result["particles_outside"] > 0 for result in results)
+    saturated = sum(result["saturated"] > 0 for result in results)
+    summary = {"images": len(results), "out_dir": str(out_dir), "aggregates_cut_by_border": outside,
+               "images_with_saturated_pixels": saturated}
+    print(json.dumps(summary))
+    return 0
+
+
+def _run(jobs: list[dict], tables) -> list[dict]:
+    from tqdm import tqdm
+    global _worker_tables
+    results = []
+    bar = tqdm(total=len(jobs), desc="STEM images", unit="img", file=sys.stderr,
+               disable=len(jobs) < 2)
+    if _WORKERS.value == 1:
+        _worker_tables = tables
+        for job in jobs:
+            results.append(_render_job(job))
+            bar.update()
+    else:
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=_WORKERS.value, initializer=_init_worker,
+                initargs=(_TABLES.value, _DETECTOR.value)) as pool:
+            futures = [pool.submit(_render_job, job) for job in jobs]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    results.append(future.result())
+                    bar.update()
+            except InputError:
+                for future in futures:
+                    future.cancel()
+                raise
+    bar.close()
+    return results
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

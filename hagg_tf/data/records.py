@@ -1,0 +1,347 @@
+"""One database sample as a ``tf.train.Example``: the schema, the encoder and an exact reader.
+
+A record holds everything about sample ``index``: the image the networks see, every label they
+are trained on, and the aggregate itself, so that evaluation (digital shadows, descriptor
+comparisons, error versus size) never regenerates anything.
+
+Feature keys (``float`` features are float32 — protobuf's FloatList — for the pipeline; the
+``…/float64`` byte features hold the exact values; all raw arrays are little-endian):
+
+==========================  =========  =====================================================
+key                         type       content
+==========================  =========  =====================================================
+index                       int64      sample index i: aggregate and image are drawn from
+                                       (seed, i)
+seed                        int64      base seed of the database
+split                       bytes      ``train``, ``validation`` or ``evaluation``
+theta_id                    int64      row of the manifest's ``thetas`` (θ configuration)
+theta                       float ×4   (θ_Df, θ_ρ, θ_0, θ_1)
+theta/float64               bytes      the same, 4 × float64
+target/fractal_dimension    float      D_f(A), Eq. 5 (CNN^Df target)
+target/mixing_ratio         float      ρ(A), Eq. 3 (CNN^ρ_reg target)
+target/homogeneous          int64      1 if ρ(A) ∈ {0, 1} (CNN^ρ_class target), else 0
+aggregate/size              int64      N, particles
+aggregate/target_size       int64      the target N of the draw (−1: unknown)
+aggregate/restarts          int64      restarts the draw needed
+aggregate/positions         bytes      (N, 3) float64 particle centres, nm
+aggregate/radii             bytes      (N,) float64 radii, nm
+aggregate/labels            bytes      (N,) int8, 0 = WO3, 1 = TiO2
+aggregate/cluster_ids       bytes      (N,) int32 primary cluster of each particle
+descriptors/float64         bytes      7 × float64 in `DESCRIPTOR_FIELDS` order (NaN kept)
+descriptors/connected       int64      1 if the contact graph is connected
+image/png                   bytes      16-bit greyscale PNG of the detector counts
+image/height, image/width   int64      pixels
+image/electrons_per_pixel   float      incident electrons per pixel (for 1/p, Sec. 2.3.5)
+image/pixel_size_nm         float      pixel edge, nm
+image/dose_e_per_A2         float      electron dose, e/Å²
+image/metadata              bytes      the renderer's metadata as JSON (exact floats)
+==========================  =========  =====================================================
+
+The payload of a record (`compute_sample`) is computed without TensorFlow, so the generation
+workers stay light; only the process that writes the shards imports TensorFlow to serialise.
+Serialisation is deterministic (map fields sorted), so a shard's bytes depend only on its
+content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from hagg_tf.model.aggregate import Aggregate
+from hagg_tf.model.descriptors import Descriptors, describe
+from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
+
+#: Order of the float64 descriptors in ``descriptors/float64``.
+DESCRIPTOR_FIELDS = ("mixing_ratio", "radius_of_gyration", "fractal_dimension",
+                     "tio2_cluster_size", "wo3_cluster_size", "hetero_coordination",
+                     "total_coordination")
+#: zlib level of the PNGs: 6 is Pillow's default (smaller than 1–3 and about as fast here).
+PNG_COMPRESS_LEVEL = 6
+
+FEATURE_KEYS = (
+    "index", "seed", "split", "theta_id", "theta", "theta/float64",
+    "target/fractal_dimension", "target/mixing_ratio", "target/homogeneous",
+    "aggregate/size", "aggregate/target_size", "aggregate/restarts", "aggregate/positions",
+    "aggregate/radii", "aggregate/labels", "aggregate/cluster_ids",
+    "descriptors/float64", "descriptors/connected",
+    "image/png", "image/height", "image/width", "image/electrons_per_pixel",
+    "image/pixel_size_nm", "image/dose_e_per_A2", "image/metadata",
+)
+
+
+@dataclasses.dataclass(eq=False)
+class Sample:
+    """One database sample, exactly as stored.
+
+    Attributes:
+        index: sample index i.
+        seed: base seed.
+        split: split name.
+        theta_id: configuration id (row of the manifest's ``thetas``).
+        aggregate: the aggregate (arrays, θ, seed, index, target size, restarts).
+        descriptors: its descriptors (``describe(aggregate)``).
+        counts: (H, W) uint16 detector counts.
+        metadata: the renderer's metadata dict.
+        png: the PNG bytes of ``counts`` as stored.
+    """
+
+    index: int
+    seed: int
+    split: str
+    theta_id: int
+    aggregate: Aggregate
+    descriptors: Descriptors
+    counts: np.ndarray
+    metadata: dict
+    png: bytes = b""
+
+    @property
+    def theta(self) -> ModelParameters:
+        return self.aggregate.params
+
+    @property
+    def electrons_per_pixel(self) -> float:
+        return float(self.metadata["electrons_per_pixel"])
+
+
+def encode_png16(counts: np.ndarray) -> bytes:
+    """16-bit greyscale PNG bytes of (H, W) uint16 counts (lossless)."""
+    import imageio.v3 as iio
+
+    counts = np.asarray(counts)
+    if counts.dtype != np.uint16 or counts.ndim != 2:
+        raise ValueError(f"counts must be a 2-D uint16 array, got {counts.dtype} {counts.shape}")
+    return iio.imwrite("<bytes>", counts, extension=".png", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def decode_png16(data: bytes) -> np.ndarray:
+    """(H, W) uint16 counts from PNG bytes written by `encode_png16`."""
+    import imageio.v3 as iio
+
+    counts = iio.imread(data, extension=".png")
+    if counts.dtype != np.uint16 or counts.ndim != 2:
+        raise ValueError(f"not a 16-bit greyscale PNG ({counts.dtype}, {counts.shape})")
+    return counts
+
+
+_TABLE_CACHE: dict = {}
+
+
+def _tables(path: str | None):
+    # Parsing a table file costs milliseconds; a worker renders thousands of images.
+    from hagg_tf.stem import load_tables
+
+    if path not in _TABLE_CACHE:
+        _TABLE_CACHE[path] = load_tables(path)
+    return _TABLE_CACHE[path]
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleTask:
+    """What a worker needs to compute sample ``index`` (picklable, TensorFlow-free)."""
+
+    index: int
+    theta_id: int
+    theta: tuple[float, float, int, int]
+    seed: int
+    image_size: int
+    pixel_size_nm: float
+    dose: float
+    min_size: int
+    max_size: int
+    tables_path: str | None
+
+
+def compute_sample(task: SampleTask) -> dict:
+    """Draws the aggregate and renders the image of one sample (runs in worker processes).
+
+    Returns:
+        A dict of plain values and numpy arrays (see `encode_example`).
+    """
+    from hagg_tf.model.generator import sample_aggregate
+    from hagg_tf.stem import render_stem
+
+    params = ModelParameters(*task.theta)
+    config = GeneratorConfig(min_size=task.min_size, max_size=task.max_size)
+    aggregate = sample_aggregate(params, task.seed, task.index, config)
+    image = render_stem(aggregate, seed=task.seed, index=task.index,
+                        tables=_tables(task.tables_path), pixel_size_nm=task.pixel_size_nm,
+                        image_size=task.image_size, dose=task.dose)
+    return {"index": task.index, "seed": task.seed, "theta_id": task.theta_id,
+            "aggregate": aggregate, "descriptors": describe(aggregate),
+            "png": encode_png16(image.counts), "height": int(image.counts.shape[0]),
+            "width": int(image.counts.shape[1]),
+            "metadata_json": json.dumps(image.metadata, sort_keys=True)}
+
+
+def _little_endian(array: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def encode_example(payload: dict, split: str) -> bytes:
+    """Serialises a `compute_sample` payload as a ``tf.train.Example`` (deterministic bytes)."""
+    import tensorflow as tf
+
+    aggregate: Aggregate = payload["aggregate"]
+    descriptors: Descriptors = payload["descriptors"]
+    metadata = json.loads(payload["metadata_json"])
+    theta = np.array(aggregate.params.as_tuple(), dtype=np.float64)
+
+    def ints(*values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+    def floats(*values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+    def raw(data: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+
+    feature = {
+        "index": ints(payload["index"]),
+        "seed": ints(payload["seed"]),
+        "split": raw(split.encode()),
+        "theta_id": ints(payload["theta_id"]),
+        "theta": floats(*theta),
+        "theta/float64": raw(_little_endian(theta, "f8")),
+        "target/fractal_dimension": floats(descriptors.fractal_dimension),
+        "target/mixing_ratio": floats(descriptors.mixing_ratio),
+        "target/homogeneous": ints(descriptors.homogeneous),
+        "aggregate/size": ints(aggregate.size),
+        "aggregate/target_size": ints(-1 if aggregate.target_size is None
+                                      else aggregate.target_size),
+        "aggregate/restarts": ints(aggregate.restarts),
+        "aggregate/positions": raw(_little_endian(aggregate.positions, "f8")),
+        "aggregate/radii": raw(_little_endian(aggregate.radii, "f8")),
+        "aggregate/labels": raw(_little_endian(aggregate.labels, "i1")),
+        "aggregate/cluster_ids": raw(_little_endian(aggregate.cluster_ids, "i4")),
+        "descriptors/float64": raw(_little_endian(
+            np.array([getattr(descriptors, name) for name in DESCRIPTOR_FIELDS]), "f8")),
+        "descriptors/connected": ints(descriptors.connected),
+        "image/png": raw(payload["png"]),
+        "image/height": ints(payload["height"]),
+        "image/width": ints(payload["width"]),
+        "image/electrons_per_pixel": floats(metadata["electrons_per_pixel"]),
+        "image/pixel_size_nm": floats(metadata["pixel_size_nm"]),
+        "image/dose_e_per_A2": floats(metadata["dose_e_per_A2"]),
+        "image/metadata": raw(payload["metadata_json"].encode()),
+    }
+    assert set(feature) == set(FEATURE_KEYS)
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema; the message names the file."""
+
+
+def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
+    """Parses one serialised record back into a `Sample` (exact arrays and metadata).
+
+    Raises:
+        RecordError: missing features or inconsistent sizes (message names ``source``).
+    """
+    import tensorflow as tf
+
+    try:
+        features = tf.train.Example.FromString(serialized).features.feature
+        def one_int(key):
+            return int(features[key].int64_list.value[0])
+
+        def raw(key):
+            return bytes(features[key].bytes_list.value[0])
+
+        size = one_int("aggregate/size")
+        theta = np.frombuffer(raw("theta/float64"), dtype="<f8")
+        positions = np.frombuffer(raw("aggregate/positions"), dtype="<f8").reshape(size, 3)
+        radii = np.frombuffer(raw("aggregate/radii"), dtype="<f8")
+        labels = np.frombuffer(raw("aggregate/labels"), dtype="i1")
+        cluster_ids = np.frombuffer(raw("aggregate/cluster_ids"), dtype="<i4")
+        values = np.frombuffer(raw("descriptors/float64"), dtype="<f8")
+        target_size = one_int("aggregate/target_size")
+        index, seed = one_int("index"), one_int("seed")
+        aggregate = Aggregate(
+            positions=positions.astype(np.float64), radii=radii.astype(np.float64),
+            labels=labels.astype(np.int8), cluster_ids=cluster_ids.astype(np.int32),
+            params=ModelParameters(float(theta[0]), float(theta[1]), int(theta[2]),
+                                   int(theta[3])),
+            seed=seed, index=index, target_size=None if target_size < 0 else target_size,
+            restarts=one_int("aggregate/restarts"))
+        descriptors = Descriptors(
+            size=size, connected=bool(one_int("descriptors/connected")),
+            **{name: float(value) for name, value in zip(DESCRIPTOR_FIELDS, values, strict=True)})
+        png = raw("image/png")
+        counts = decode_png16(png)
+        height, width = one_int("image/height"), one_int("image/width")
+    except (IndexError, ValueError, KeyError) as error:
+        raise RecordError(f"{source}: not a hagg_tf dataset record ({error})") from error
+    if counts.shape != (height, width):
+        raise RecordError(f"{source}: record {index} holds a {counts.shape} image, its header "
+                          f"says {(height, width)}")
+    return Sample(index=index, seed=seed, split=raw("split").decode(),
+                  theta_id=one_int("theta_id"), aggregate=aggregate, descriptors=descriptors,
+                  counts=counts, metadata=json.loads(raw("image/metadata")), png=png)
+
+
+def iter_tfrecord(path: str | Path) -> Iterator[bytes]:
+    """The raw records of a TFRecord file, framing checked, CRCs not (see `count_records`)."""
+    path = Path(path)
+    with open(path, "rb") as stream:
+        offset = 0
+        while True:
+            header = stream.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise RecordError(f"{path}: truncated record header at byte {offset}")
+            length = int.from_bytes(header[:8], "little")
+            data = stream.read(length)
+            footer = stream.read(4)
+            if len(data) < length or len(footer) < 4:
+                raise RecordError(f"{path}: truncated record at byte {offset} (announces "
+                                  f"{length} bytes, file ends first)")
+            offset += 16 + length
+            yield data
+
+
+def count_records(path: str | Path) -> int:
+    """Number of records in a TFRecord file, walking the framing (truncation is an error)."""
+    path = Path(path)
+    size = path.stat().st_size
+    count, offset = 0, 0
+    with open(path, "rb") as stream:
+        while offset < size:
+            stream.seek(offset)
+            header = stream.read(8)
+            if len(header) < 8:
+                raise RecordError(f"{path}: truncated record header at byte {offset}")
+            end = offset + 16 + int.from_bytes(header, "little")
+            if end > size:
+                raise RecordError(f"{path}: truncated record at byte {offset} (the file ends "
+                                  f"at byte {size}, the record at byte {end})")
+            offset = end
+            count += 1
+    return count
+
+
+def read_samples(path: str | Path) -> Iterator[Sample]:
+    """All samples of one shard file, in record order (exact; for evaluation and tests)."""
+    for number, serialized in enumerate(iter_tfrecord(path)):
+        yield decode_example(serialized, f"{path} (record {number})")
+
+
+def descriptors_equal(first: Descriptors, second: Descriptors) -> bool:
+    """Field-wise equality that treats NaN == NaN (S_TiO2 of an aggregate without TiO2)."""
+    for field in dataclasses.fields(Descriptors):
+        a, b = getattr(first, field.name), getattr(second, field.name)
+        if isinstance(a, float) and math.isnan(a):
+            if not (isinstance(b, float) and math.isnan(b)):
+                return False
+        elif a != b:
+            return False
+    return True

@@ -1,0 +1,244 @@
+"""Aggregate files: an exact native format and plain exports for downstream tools.
+
+Native format (``.npz``, numpy's zip of arrays, read with ``allow_pickle=False``). One file holds
+M ≥ 1 aggregates, concatenated:
+
+=================  ==============  ==========================================================
+key                shape, dtype    meaning
+=================  ==============  ==========================================================
+format             () str          ``"hagg_tf.aggregates"``
+format_version     () int64        1
+sizes              (M,) int64      particles per aggregate, N_m
+positions          (ΣN, 3) f8      particle centres, nm
+radii              (ΣN,) f8        radii, nm
+labels             (ΣN,) i1        0 = WO3, 1 = TiO2
+cluster_ids        (ΣN,) i4        primary cluster of each particle
+theta              (M, 4) f8       (θ_Df, θ_ρ, θ_0, θ_1); NaN row for hand-made aggregates
+seed, index        (M,) int64      the draw's (seed, index); −1 when unknown
+target_size        (M,) int64      target N of the draw; −1 when unknown
+restarts           (M,) int64      restarts the draw needed
+=================  ==============  ==========================================================
+
+Every value round-trips bit for bit. Files are written to a temporary name and renamed, so an
+interrupted write never leaves a file that looks complete.
+
+Plain exports for geometry input elsewhere: extended XYZ (one frame per aggregate; species W for
+WO3 and Ti for TiO2 particles; columns position, radius, label, cluster; θ, seed and units in
+the comment line; readable by ASE and OVITO) and CSV with a commented header. Both print floats
+with 17 significant digits, so they round-trip exactly too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from hagg_tf.model.aggregate import Aggregate
+from hagg_tf.model.parameters import MATERIAL_NAMES, ModelParameters
+
+FORMAT_NAME = "hagg_tf.aggregates"
+FORMAT_VERSION = 1
+_XYZ_SPECIES = {0: "W", 1: "Ti"}
+_XYZ_LABELS = {species: label for label, species in _XYZ_SPECIES.items()}
+
+
+class AggregateFileError(ValueError):
+    """Raised for a file that is not a valid aggregate file; the message names the file."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Calls ``write(file_object)`` on a temporary file beside ``path``, then renames it.
+
+    Args:
+        path: destination.
+        write: callable receiving a binary file object.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def _optional(value) -> int:
+    return -1 if value is None else int(value)
+
+
+def save_aggregates(path: str | os.PathLike, aggregates: Sequence[Aggregate]) -> Path:
+    """Writes aggregates to one native ``.npz`` file (atomically). See the module docstring."""
+    aggregates = list(aggregates)
+    if not aggregates:
+        raise ValueError("save_aggregates needs at least one aggregate")
+    nan_theta = (math.nan,) * 4
+    arrays = dict(
+        format=np.array(FORMAT_NAME),
+        format_version=np.array(FORMAT_VERSION, dtype=np.int64),
+        sizes=np.array([item.size for item in aggregates], dtype=np.int64),
+        positions=np.concatenate([item.positions for item in aggregates]),
+        radii=np.concatenate([item.radii for item in aggregates]),
+        labels=np.concatenate([item.labels for item in aggregates]).astype(np.int8),
+        cluster_ids=np.concatenate([item.cluster_ids for item in aggregates]).astype(np.int32),
+        theta=np.array([item.params.as_tuple() if item.params else nan_theta
+                        for item in aggregates], dtype=np.float64),
+        seed=np.array([_optional(item.seed) for item in aggregates], dtype=np.int64),
+        index=np.array([_optional(item.index) for item in aggregates], dtype=np.int64),
+        target_size=np.array([_optional(item.target_size) for item in aggregates], dtype=np.int64),
+        restarts=np.array([item.restarts for item in aggregates], dtype=np.int64),
+    )
+    return atomic_write(path, lambda stream: np.savez_compressed(stream, **arrays))
+
+
+def load_aggregates(path: str | os.PathLike) -> list[Aggregate]:
+    """Reads every aggregate of a native file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        AggregateFileError: not an aggregate file, or inconsistent arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"aggregate file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as error:  # zipfile, OSError, ValueError: all mean "not our file"
+        raise AggregateFileError(f"{path}: not a readable aggregate file ({error})") from error
+    if str(arrays.get("format", "")) != FORMAT_NAME:
+        raise AggregateFileError(f"{path}: not a hagg_tf aggregate file (no format tag)")
+    if int(arrays["format_version"]) != FORMAT_VERSION:
+        raise AggregateFileError(
+            f"{path}: format version {int(arrays['format_version'])}, this hagg_tf reads "
+            f"{FORMAT_VERSION}")
+    sizes = arrays["sizes"]
+    if sizes.sum() != arrays["radii"].shape[0]:
+        raise AggregateFileError(f"{path}: sizes add up to {sizes.sum()}, "
+                                 f"but the file holds {arrays['radii'].shape[0]} particles")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    aggregates = []
+    for item, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        theta = arrays["theta"][item]
+        params = None if np.isnan(theta).all() else ModelParameters(
+            float(theta[0]), float(theta[1]), int(theta[2]), int(theta[3]))
+
+        def known(key):
+            value = int(arrays[key][item])
+            return None if value < 0 else value
+
+        try:
+            aggregates.append(Aggregate(
+                positions=arrays["positions"][start:stop], radii=arrays["radii"][start:stop],
+                labels=arrays["labels"][start:stop], cluster_ids=arrays["cluster_ids"][start:stop],
+                params=params, seed=known("seed"), index=known("index"),
+                target_size=known("target_size"), restarts=int(arrays["restarts"][item])))
+        except ValueError as error:
+            raise AggregateFileError(f"{path}: aggregate {item}: {error}") from error
+    return aggregates
+
+
+def save_aggregate(path: str | os.PathLike, aggregate: Aggregate) -> Path:
+    """Writes one aggregate to a native file."""
+    return save_aggregates(path, [aggregate])
+
+
+def load_aggregate(path: str | os.PathLike) -> Aggregate:
+    """Reads a native file holding exactly one aggregate."""
+    aggregates = load_aggregates(path)
+    if len(aggregates) != 1:
+        raise AggregateFileError(f"{path}: holds {len(aggregates)} aggregates, expected one")
+    return aggregates[0]
+
+
+def _comment_fields(aggregate: Aggregate) -> dict[str, str]:
+    fields = {"units": "nm"}
+    if aggregate.params is not None:
+        fields.update(theta_Df=repr(aggregate.params.fractal_dimension),
+                      theta_rho=repr(aggregate.params.mixing_ratio),
+                      theta_0=str(aggregate.params.wo3_cluster_size),
+                      theta_1=str(aggregate.params.tio2_cluster_size))
+    for key in ("seed", "index", "target_size"):
+        if getattr(aggregate, key) is not None:
+            fields[key] = str(getattr(aggregate, key))
+    return fields
+
+
+def export_xyz(path: str | os.PathLike, aggregates: Iterable[Aggregate]) -> Path:
+    """Writes aggregates as extended XYZ frames (atomically); see the module docstring."""
+    lines = []
+    for aggregate in aggregates:
+        lines.append(str(aggregate.size))
+        comment = " ".join(f"{key}={value}" for key, value in _comment_fields(aggregate).items())
+        lines.append("Properties=species:S:1:pos:R:3:radius:R:1:label:I:1:cluster:I:1 " + comment)
+        for position, radius, label, cluster in zip(aggregate.positions, aggregate.radii,
+                                                    aggregate.labels, aggregate.cluster_ids):
+            lines.append(f"{_XYZ_SPECIES[int(label)]} {position[0]:.17g} {position[1]:.17g} "
+                         f"{position[2]:.17g} {radius:.17g} {int(label)} {int(cluster)}")
+    text = "\n".join(lines) + "\n"
+    return atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def read_xyz(path: str | os.PathLike) -> list[Aggregate]:
+    """Reads frames written by ``export_xyz`` back into aggregates."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"XYZ file not found: {path}")
+    lines = path.read_text().splitlines()
+    aggregates, cursor = [], 0
+    while cursor < len(lines) and lines[cursor].strip():
+        try:
+            count = int(lines[cursor])
+            fields = dict(re.findall(r"(\w+)=(\S+)", lines[cursor + 1]))
+            rows = [line.split() for line in lines[cursor + 2:cursor + 2 + count]]
+            if len(rows) != count:
+                raise ValueError(f"frame announces {count} particles, holds {len(rows)}")
+            params = None
+            if "theta_Df" in fields:
+                params = ModelParameters(float(fields["theta_Df"]), float(fields["theta_rho"]),
+                                         int(fields["theta_0"]), int(fields["theta_1"]))
+            aggregates.append(Aggregate(
+                positions=[[float(value) for value in row[1:4]] for row in rows],
+                radii=[float(row[4]) for row in rows], labels=[int(row[5]) for row in rows],
+                cluster_ids=[int(row[6]) for row in rows], params=params,
+                seed=int(fields["seed"]) if "seed" in fields else None,
+                index=int(fields["index"]) if "index" in fields else None,
+                target_size=int(fields["target_size"]) if "target_size" in fields else None))
+        except (ValueError, IndexError, KeyError) as error:
+            raise AggregateFileError(f"{path}: line {cursor + 1}: not extended XYZ of hagg_tf "
+                                     f"({error})") from error
+        cursor += 2 + count
+    return aggregates
+
+
+def export_csv(path: str | os.PathLike, aggregates: Iterable[Aggregate]) -> Path:
+    """Writes one row per particle (atomically), θ and seed of each aggregate in the header.
+
+    Columns: aggregate, x_nm, y_nm, z_nm, radius_nm, label, material, cluster_id.
+    """
+    header = ["# hagg_tf aggregates; lengths in nm; label 0 = WO3, 1 = TiO2"]
+    rows = ["aggregate,x_nm,y_nm,z_nm,radius_nm,label,material,cluster_id"]
+    for number, aggregate in enumerate(aggregates):
+        fields = " ".join(f"{key}={value}" for key, value in _comment_fields(aggregate).items())
+        header.append(f"# aggregate {number}: {fields}")
+        for position, radius, label, cluster in zip(aggregate.positions, aggregate.radii,
+                                                    aggregate.labels, aggregate.cluster_ids):
+            rows.append(f"{number},{position[0]:.17g},{position[1]:.17g},{position[2]:.17g},"
+                        f"{radius:.17g},{int(label)},{MATERIAL_NAMES[int(label)]},{int(cluster)}")
+    text = "\n".join(header + rows) + "\n"
+    return atomic_write(path, lambda stream: stream.write(text.encode()))

@@ -1,0 +1,34 @@
+"""Keras 3 models of the paper's CNNs (Sec. 2.3, Table 3, Fig. 6) and their input preprocessing.
+
+Needs the ``ml`` extra (tensorflow, keras). Typical use::
+
+    from hagg_tf import networks
+
+    model = networks.build_network("fractal_dimension")            # CNN^Df, 512×512 inputs
+    networks.compile_network(model)                                # Adam 1e-4, MSE
+    batch = networks.network_spec("fractal_dimension").batch_size  # 16
+
+    x = networks.preprocess_images(counts)[..., None]              # counts: (b, 512, 512)
+    d_f = model(x, training=False)                                 # (b, 1)
+"""
+from hagg_tf.networks.architecture import (DEFAULT_IMAGE_SIZE, DEFAULT_NUM_IMAGES, FEATURE_DIM,
+                                           LEARNING_RATE, MULTI_IMAGE_BATCH_SIZE, NETWORK_SPECS,
+                                           SINGLE_IMAGE_BATCH_SIZE, STACK_STRATEGIES, NetworkSpec,
+                                           build_feature_extractor, build_network,
+                                           compile_network, feature_map_sizes,
+                                           get_feature_extractor, minimum_image_size,
+                                           network_spec)
+from hagg_tf.networks.layers import FoldImageStack, ScaledSigmoid, UnfoldImageStack
+from hagg_tf.networks.preprocessing import (INVERSION_THRESHOLD, NUM_LEVELS, ImagePreprocessing,
+                                            invert_intensities, preprocess_images,
+                                            preprocess_images_numpy, scale_and_quantize)
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE", "DEFAULT_NUM_IMAGES", "FEATURE_DIM", "LEARNING_RATE",
+    "MULTI_IMAGE_BATCH_SIZE", "NETWORK_SPECS", "SINGLE_IMAGE_BATCH_SIZE", "STACK_STRATEGIES",
+    "NetworkSpec", "build_feature_extractor", "build_network", "compile_network",
+    "feature_map_sizes", "get_feature_extractor", "minimum_image_size", "network_spec",
+    "FoldImageStack", "ScaledSigmoid", "UnfoldImageStack",
+    "INVERSION_THRESHOLD", "NUM_LEVELS", "ImagePreprocessing", "invert_intensities",
+    "preprocess_images", "preprocess_images_numpy", "scale_and_quantize",
+]

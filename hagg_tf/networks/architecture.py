@@ -1,0 +1,341 @@
+"""The paper's CNNs (Sec. 2.3.1–2.3.5, Table 3, Fig. 6) as Keras 3 functional models.
+
+Every network is ``CNN = g(f)`` (Eq. 11):
+
+* ``f`` (feature extractor, a nested ``keras.Model`` named ``"f"``): 2×2 average pooling, nine
+  blocks "3×3 valid convolution + batch normalisation + ReLU" with 8, 16, 32 | 64, 64 | 128, 128 |
+  256, 256 channels, each group followed by 2×2 max pooling, then flatten (36 864 values for
+  512×512 inputs), dense 224 + ReLU and dense 112 + ReLU. Input ``(H, W, 1)``, output ``(112,)``.
+* ``g`` (head, plain layers of the outer model): dense 44 + ReLU, dense 1, output activation.
+
+Single-image networks (CNN^Df, CNN^ρ_reg, CNN^ρ_class) feed one image through ``f`` then ``g``
+(``b = 1`` in Table 3); multi-image networks (CNN^0, CNN^1) apply the same ``f`` to each of the
+``nu`` images of a sample and concatenate the ``nu`` feature vectors before ``g`` (Eq. 15, Fig. 6
+right, ``b = nu``).
+
+Inputs are images that have already been preprocessed with
+:func:`hagg_tf.networks.preprocessing.preprocess_images` (values on 256 levels in [-0.5, 0.5]);
+the SavedModel exports of :mod:`hagg_tf.export` put that preprocessing in front of the network.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import keras
+
+from hagg_tf.networks.layers import FoldImageStack, ScaledSigmoid, UnfoldImageStack
+
+#: Side length of the paper's STEM images in pixels (Table 3, layer 0).
+DEFAULT_IMAGE_SIZE = 512
+#: Number of images per sample of the multi-image networks, the paper's nu.
+DEFAULT_NUM_IMAGES = 12
+#: Images per gradient step of CNN^Df, CNN^ρ_reg and CNN^ρ_class (n in Eq. 12).
+SINGLE_IMAGE_BATCH_SIZE = 16
+#: Samples (of ``nu`` images each) per gradient step of CNN^0 and CNN^1.
+MULTI_IMAGE_BATCH_SIZE = 8
+#: Adam learning rate of every network (Sec. 2.3.1).
+LEARNING_RATE = 1e-4
+
+#: Convolution channels of f in order; ``"max_pool"`` marks a 2×2 max-pooling layer (Table 3).
+FEATURE_EXTRACTOR_PLAN = (8, 16, 32, "max_pool", 64, 64, "max_pool", 128, 128, "max_pool",
+                          256, 256, "max_pool")
+#: Units of the two dense layers at the end of f; the last one is the feature dimension.
+FEATURE_DENSE_UNITS = (224, 112)
+#: Units of the hidden dense layer of g.
+HEAD_HIDDEN_UNITS = 44
+#: Length of the feature vector produced by f for one image.
+FEATURE_DIM = FEATURE_DENSE_UNITS[-1]
+
+#: Ways of applying f to the ``nu`` images of a multi-image sample; see :func:`build_network`.
+STACK_STRATEGIES = ("fold_batch", "time_distributed")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """What distinguishes one of the paper's networks from the basic architecture.
+
+    Attributes:
+        name: Key accepted by :func:`build_network`; also the Keras model name and the directory
+            name of its SavedModel export.
+        output_name: Name of the output layer, the model output and the serving output.
+        target: What the output estimates, in words (with the paper's symbol).
+        multi_image: True for CNN^0 / CNN^1, which see ``nu`` images per sample (``b = nu``).
+        output_activation: ``"scaled_sigmoid"`` (1.4·sigmoid + 1.3), ``"sigmoid"`` or ``"relu"``.
+        loss: Keras loss identifier used by :func:`compile_network`.
+        batch_size: Samples per gradient step (Sec. 2.3.1).
+        invert_intensities: True if the images are preprocessed with the 1/p transform of Sec.
+            2.3.5 (only CNN^1).
+        initial_output_bias: Initial bias of the last dense layer. For the ReLU heads it is 3.5,
+            the middle of the cluster-size range {1, ..., 6}: with a zero bias about half of all
+            initial networks would output ReLU(negative) = 0 for every sample, which has zero
+            gradient and never trains. The sigmoid heads start at the middle of their range with
+            a zero bias. Only the initial value changes; Table 3 is unaffected.
+    """
+
+    name: str
+    output_name: str
+    target: str
+    multi_image: bool
+    output_activation: str
+    loss: str
+    batch_size: int
+    invert_intensities: bool = False
+    initial_output_bias: float = 0.0
+
+
+#: The five networks of Sec. 2.3.2–2.3.5, by name.
+NETWORK_SPECS = {
+    spec.name: spec
+    for spec in (
+        NetworkSpec("fractal_dimension", "fractal_dimension",
+                    "fractal dimension D_f(A) of the imaged aggregate (CNN^Df, Sec. 2.3.2)",
+                    multi_image=False, output_activation="scaled_sigmoid",
+                    loss="mean_squared_error", batch_size=SINGLE_IMAGE_BATCH_SIZE),
+        NetworkSpec("mixing_ratio_regressor", "mixing_ratio",
+                    "mixing ratio rho(A) of the imaged aggregate (CNN^rho_reg, Sec. 2.3.3)",
+                    multi_image=False, output_activation="sigmoid",
+                    loss="mean_squared_error", batch_size=SINGLE_IMAGE_BATCH_SIZE),
+        NetworkSpec("mixing_ratio_classifier", "homogeneous_probability",
+                    "probability that the aggregate is homogeneous, rho(A) in {0, 1} "
+                    "(CNN^rho_class, Sec. 2.3.3)",
+                    multi_image=False, output_activation="sigmoid",
+                    loss="binary_crossentropy", batch_size=SINGLE_IMAGE_BATCH_SIZE),
+        NetworkSpec("wo3_cluster_size", "wo3_cluster_size",
+                    "primary WO3 cluster size theta_0 before rounding (CNN^0, Sec. 2.3.4)",
+                    multi_image=True, output_activation="relu",
+                    loss="mean_squared_error", batch_size=MULTI_IMAGE_BATCH_SIZE,
+                    initial_output_bias=3.5),
+        NetworkSpec("tio2_cluster_size", "tio2_cluster_size",
+                    "primary TiO2 cluster size theta_1 before rounding, from inverse-intensity "
+                    "images (CNN^1, Sec. 2.3.5)",
+                    multi_image=True, output_activation="relu",
+                    loss="mean_squared_error", batch_size=MULTI_IMAGE_BATCH_SIZE,
+                    invert_intensities=True, initial_output_bias=3.5),
+    )
+}
+
+
+def network_spec(name: str) -> NetworkSpec:
+    """Returns the :class:`NetworkSpec` of network ``name``.
+
+    Raises:
+        KeyError: ``name`` is not one of :data:`NETWORK_SPECS`.
+    """
+    try:
+        return NETWORK_SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown network {name!r}; choose one of {sorted(NETWORK_SPECS)}") from None
+
+
+def _feature_map_sizes_or_none(image_size: int) -> Optional[list[int]]:
+    size = int(image_size) // 2  # 2×2 average pooling, stride 2, no padding
+    sizes = [size]
+    for entry in FEATURE_EXTRACTOR_PLAN:
+        size = size // 2 if entry == "max_pool" else size - 2  # a 3×3 valid conv loses 2 px
+        if size < 1:
+            return None
+        sizes.append(size)
+    return sizes
+
+
+def minimum_image_size() -> int:
+    """Smallest square input side (pixels) for which every layer of f has a non-empty output.
+
+    It is 156: 156 → 78 → 76, 74, 72 → 36 → 34, 32 → 16 → 14, 12 → 6 → 4, 2 → 1, i.e. the last
+    max pooling sees a 2×2 map. Fast tests use this size.
+    """
+    size = 1
+    while _feature_map_sizes_or_none(size) is None:
+        size += 1
+    return size
+
+
+def feature_map_sizes(image_size: int) -> list[int]:
+    """Spatial side length after each spatial layer of f, for a square input.
+
+    Args:
+        image_size: Input side length in pixels.
+
+    Returns:
+        Side lengths after the average pooling and after every convolution / max pooling of f, in
+        order (14 values; ``[256, 254, 252, 250, 125, ..., 12]`` for 512 px).
+
+    Raises:
+        ValueError: Some layer would produce an empty feature map.
+    """
+    sizes = _feature_map_sizes_or_none(image_size)
+    if sizes is None:
+        raise ValueError(
+            f"image_size={image_size} is too small for f: its valid convolutions and poolings "
+            f"leave no pixels; the smallest usable size is {minimum_image_size()}")
+    return sizes
+
+
+def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE, name: str = "f") -> keras.Model:
+    """Builds the feature extractor f of Table 3 (layers 0–17).
+
+    Layer names: ``f_average_pooling``; ``f_conv_k``, ``f_batch_norm_k``, ``f_relu_k`` for the
+    k-th convolution block (k = 1..9); ``f_max_pooling_j`` (j = 1..4); ``f_flatten``;
+    ``f_dense_224``; ``f_dense_112``.
+
+    The convolutions keep their bias although batch normalisation makes it redundant, because
+    Table 3 counts it (80 = 3·3·1·8 + 8 weights in layer 2).
+
+    Args:
+        image_size: Side of the square input in pixels (512 in the paper; at least
+            :func:`minimum_image_size`).
+        name: Name of the returned model.
+
+    Returns:
+        A functional ``keras.Model`` mapping ``(batch, image_size, image_size, 1)`` preprocessed
+        images to ``(batch, 112)`` features.
+    """
+    feature_map_sizes(image_size)  # fail early with a clear message
+    images = keras.Input(shape=(image_size, image_size, 1), name="f_input")
+    features = keras.layers.AveragePooling2D(pool_size=2, name="f_average_pooling")(images)
+    conv_index = 0
+    pool_index = 0
+    for entry in FEATURE_EXTRACTOR_PLAN:
+        if entry == "max_pool":
+            pool_index += 1
+            features = keras.layers.MaxPooling2D(pool_size=2,
+                                                 name=f"f_max_pooling_{pool_index}")(features)
+            continue
+        conv_index += 1
+        features = keras.layers.Conv2D(entry, kernel_size=3, padding="valid",
+                                       name=f"f_conv_{conv_index}")(features)
+        features = keras.layers.BatchNormalization(name=f"f_batch_norm_{conv_index}")(features)
+        features = keras.layers.ReLU(name=f"f_relu_{conv_index}")(features)
+    features = keras.layers.Flatten(name="f_flatten")(features)
+    for units in FEATURE_DENSE_UNITS:
+        features = keras.layers.Dense(units, activation="relu", name=f"f_dense_{units}")(features)
+    return keras.Model(images, features, name=name)
+
+
+def _output_activation_layer(spec: NetworkSpec) -> keras.layers.Layer:
+    if spec.output_activation == "scaled_sigmoid":
+        return ScaledSigmoid(scale=1.4, offset=1.3, name=spec.output_name)
+    if spec.output_activation in ("sigmoid", "relu"):
+        return keras.layers.Activation(spec.output_activation, name=spec.output_name)
+    raise ValueError(f"unknown output activation {spec.output_activation!r}")
+
+
+def _apply_head(features, spec: NetworkSpec):
+    """Head g (Table 3, layers 18–19) plus the network-specific output activation."""
+    hidden = keras.layers.Dense(HEAD_HIDDEN_UNITS, activation="relu",
+                                name=f"g_dense_{HEAD_HIDDEN_UNITS}")(features)
+    logits = keras.layers.Dense(
+        1, bias_initializer=keras.initializers.Constant(spec.initial_output_bias),
+        name="g_dense_1")(hidden)
+    return _output_activation_layer(spec)(logits)
+
+
+def build_network(name: str, image_size: int = DEFAULT_IMAGE_SIZE,
+                  num_images: int = DEFAULT_NUM_IMAGES,
+                  stack_strategy: str = "fold_batch") -> keras.Model:
+    """Builds one of the paper's networks as an uncompiled Keras functional model.
+
+    Args:
+        name: One of ``"fractal_dimension"`` (CNN^Df), ``"mixing_ratio_regressor"`` (CNN^ρ_reg),
+            ``"mixing_ratio_classifier"`` (CNN^ρ_class), ``"wo3_cluster_size"`` (CNN^0),
+            ``"tio2_cluster_size"`` (CNN^1).
+        image_size: Side of the square input images in pixels (512 in the paper). Any size from
+            :func:`minimum_image_size` (156) upwards works; only the flatten length and the
+            weight count of ``f_dense_224`` depend on it.
+        num_images: Images per sample ``nu`` of the multi-image networks (ignored otherwise).
+        stack_strategy: How the multi-image networks apply f to the ``nu`` images (ignored for
+            single-image networks):
+
+            * ``"fold_batch"`` (default): ``FoldImageStack`` reshapes ``(b, nu, H, W, 1)`` to
+              ``(b·nu, H, W, 1)``, f runs once on that batch, ``UnfoldImageStack`` reshapes the
+              features back to ``(b, nu, 112)`` and a ``Flatten`` (named
+              ``concatenate_features``) concatenates the nu vectors in slot order. Mathematically
+              this is ``TimeDistributed(f)`` + concatenation (Eq. 15), but batch normalisation
+              sees all b·nu images of the step as one batch and updates its moving averages once
+              per step, exactly as in the single-image networks.
+            * ``"time_distributed"``: ``keras.layers.TimeDistributed(f)``, the literal reading of
+              the design card. In Keras 3 it calls f separately for every slot, so in training
+              each batch-norm layer normalises slot j with statistics of the b images in slot j
+              only (b = 8) and its moving averages are updated nu times per step (decaying them
+              with momentum 0.99**nu instead of 0.99). Kept for comparison and to reproduce
+              the measurement in ``docs/networks.md``; do not train with it.
+
+            At inference both give identical results: f processes each image independently,
+            whatever its slot (tested in ``tests/test_networks.py``).
+
+    Returns:
+        ``keras.Model`` named ``name`` with one input ``images`` of shape
+        ``(batch, image_size, image_size, 1)`` (single-image) or
+        ``(batch, num_images, image_size, image_size, 1)`` (multi-image), preprocessed values in
+        [-0.5, 0.5], and one output named ``spec.output_name`` of shape ``(batch, 1)``. The
+        feature extractor is the nested model ``model.get_layer("f")`` (or the layer wrapped by
+        ``time_distributed_f``).
+
+    Raises:
+        KeyError: Unknown ``name``.
+        ValueError: ``image_size`` too small, ``num_images < 1`` or unknown ``stack_strategy``.
+    """
+    spec = network_spec(name)
+    image_size = int(image_size)
+    feature_extractor = build_feature_extractor(image_size)
+    if not spec.multi_image:
+        images = keras.Input(shape=(image_size, image_size, 1), name="images")
+        features = feature_extractor(images)
+        return keras.Model(images, _apply_head(features, spec), name=spec.name)
+
+    num_images = int(num_images)
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if stack_strategy not in STACK_STRATEGIES:
+        raise ValueError(
+            f"stack_strategy must be one of {STACK_STRATEGIES}, got {stack_strategy!r}")
+    images = keras.Input(shape=(num_images, image_size, image_size, 1), name="images")
+    if stack_strategy == "fold_batch":
+        folded = FoldImageStack(name="fold_image_stack")(images)
+        per_image_features = UnfoldImageStack(num_images, name="unfold_image_stack")(
+            feature_extractor(folded))
+    else:
+        per_image_features = keras.layers.TimeDistributed(
+            feature_extractor, name="time_distributed_f")(images)
+    # (b, nu, 112) -> (b, nu·112): slot-major concatenation of the nu feature vectors.
+    concatenated = keras.layers.Flatten(name="concatenate_features")(per_image_features)
+    return keras.Model(images, _apply_head(concatenated, spec), name=spec.name)
+
+
+def get_feature_extractor(model: keras.Model) -> keras.Model:
+    """Returns the nested feature extractor f of a network built by :func:`build_network`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.TimeDistributed):
+            return layer.layer
+        if isinstance(layer, keras.Model) and layer.name == "f":
+            return layer
+    raise ValueError(f"model {model.name!r} has no feature extractor named 'f'")
+
+
+def compile_network(model: keras.Model, name: Optional[str] = None,
+                    learning_rate: float = LEARNING_RATE) -> keras.Model:
+    """Compiles a network with the paper's optimiser and loss (Sec. 2.3.1–2.3.5).
+
+    Adam with learning rate 1e-4 for all networks. Losses: mean squared error (Eq. 12) for
+    CNN^Df, CNN^ρ_reg, CNN^0 and CNN^1; binary cross-entropy for CNN^ρ_class (the paper does not
+    name the classifier's loss; cross-entropy is the standard choice for a sigmoid classifier).
+    Metrics: mean absolute error for regressors, binary accuracy for the classifier.
+
+    Args:
+        model: Network from :func:`build_network`.
+        name: Network name; defaults to ``model.name``.
+        learning_rate: Adam learning rate.
+
+    Returns:
+        ``model``, compiled in place. The batch size to train with is
+        ``network_spec(name).batch_size``.
+    """
+    spec = network_spec(name or model.name)
+    if spec.loss == "binary_crossentropy":
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy")]
+    else:
+        metrics = [keras.metrics.MeanAbsoluteError(name="mae")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss=spec.loss, metrics=metrics)
+    return model

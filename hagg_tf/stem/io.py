@@ -1,0 +1,67 @@
+"""Image files: 16-bit PNG detector counts with the metadata in a PNG text chunk.
+
+The counts are stored losslessly as a 16-bit greyscale PNG (written and read with imageio's
+pillow plugin); the metadata dict of `StemImage` is stored as JSON in one international text
+(iTXt) chunk with keyword ``hagg_tf``. Any PNG reader shows the image; ``read_stem_png`` gives
+back the identical counts and metadata, so all later preprocessing (e.g. intensities from
+counts / electrons_per_pixel) can be recomputed from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from hagg_tf.stem.render import StemImage
+
+PNG_TEXT_KEY = "hagg_tf"
+
+
+def write_stem_png(path: str | Path, image: StemImage) -> Path:
+    """Write the counts as a 16-bit PNG with the metadata as JSON in an iTXt chunk.
+
+    Args:
+        path: output file (``.png``); parent directories are created.
+        image: the rendered image.
+
+    Returns:
+        The path written.
+    """
+    from PIL.PngImagePlugin import PngInfo  # pillow is imageio's PNG backend
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts = np.asarray(image.counts)
+    if counts.dtype != np.uint16 or counts.ndim != 2:
+        raise ValueError(f"counts must be a 2-D uint16 array, got {counts.dtype} {counts.shape}")
+    info = PngInfo()
+    info.add_itxt(PNG_TEXT_KEY, json.dumps(image.metadata, sort_keys=True))
+    iio.imwrite(path, counts, extension=".png", pnginfo=info)
+    return path
+
+
+def read_stem_png(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read counts and metadata written by `write_stem_png`.
+
+    Returns:
+        (counts (H, W) uint16, metadata dict).
+
+    Raises:
+        ValueError: the file is not a 16-bit greyscale PNG with hagg_tf metadata.
+    """
+    path = Path(path)
+    counts = iio.imread(path, extension=".png")
+    meta = iio.immeta(path, extension=".png")
+    if counts.dtype != np.uint16 or counts.ndim != 2:
+        raise ValueError(f"{path}: not a 16-bit greyscale STEM image ({counts.dtype}, {counts.shape})")
+    if PNG_TEXT_KEY not in meta:
+        raise ValueError(f"{path}: no '{PNG_TEXT_KEY}' metadata chunk")
+    return counts, json.loads(meta[PNG_TEXT_KEY])
+
+
+def intensity_from_counts(counts: np.ndarray, metadata: dict) -> np.ndarray:
+    """Measured intensity (fraction of the incident beam) from counts and their metadata."""
+    return np.asarray(counts, dtype=np.float32) / np.float32(metadata["electrons_per_pixel"])

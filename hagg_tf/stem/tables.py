@@ -1,0 +1,287 @@
+"""HAADF reference tables: intensity versus thickness per material, phase and orientation.
+
+File format (plain text, version 1) — the shipped tables and user tables (e.g. exported
+from STEMSIM) use the same format and the same loader:
+
+    # any number of comment lines starting with '#'
+    # provenance: {"single-line": "JSON object", "optional": true}
+    material,phase,orientation,thickness_nm,intensity[,more columns]
+    TiO2,rutile,tilt00.00,0.0,0.0
+    TiO2,rutile,tilt00.00,1.0,0.00021
+    ...
+
+* ``material``: ``WO3`` or ``TiO2`` (case-insensitive; SPEC labels 0 and 1).
+* ``phase``, ``orientation``: free labels without commas; each (material, phase, orientation)
+  is one table. When rendering, a particle gets a uniformly random phase of its material and
+  then a uniformly random orientation of that phase (paper Sec. 2.1.4).
+* ``thickness_nm``: strictly increasing within a table, ≥ 0, at least two rows.
+* ``intensity``: HAADF intensity as a fraction of the incident beam (0 ≤ I ≤ 1), finite.
+  Other numeric columns may follow (the shipped file adds ``intensity_flat``, the flat
+  55–250 mrad detector, and standard errors); pick one with ``load_tables(column=...)``.
+* Rows of a table need not be contiguous; different tables may use different thickness
+  grids. Between rows the intensity is interpolated linearly; beyond the last row it is
+  extrapolated linearly with the slope of the table's last quarter (clamped at ≥ 0) — the
+  shipped tables reach 64 nm, a particle diameter met by fewer than 1 in 10⁴ particles.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import importlib.resources
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hagg_tf.model.parameters import TIO2, WO3
+
+FORMAT_VERSION = 1
+REQUIRED_COLUMNS = ("material", "phase", "orientation", "thickness_nm", "intensity")
+MATERIAL_LABELS = {"wo3": WO3, "tio2": TIO2}
+MATERIAL_NAMES = {WO3: "WO3", TIO2: "TiO2"}
+SHIPPED_TABLES = "haadf_tables.csv"
+PROVENANCE_PREFIX = "provenance:"
+
+
+class TableError(ValueError):
+    """A HAADF table file is missing, malformed or physically invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HaadfTable:
+    """One intensity-versus-thickness curve.
+
+    Attributes:
+        material: "WO3" or "TiO2".
+        label: 0 (WO3) or 1 (TiO2).
+        phase: phase label.
+        orientation: orientation label.
+        thickness_nm: (T,) strictly increasing thicknesses, nm.
+        intensity: (T,) fraction of the incident beam on the detector.
+    """
+
+    material: str
+    label: int
+    phase: str
+    orientation: str
+    thickness_nm: np.ndarray
+    intensity: np.ndarray
+
+    @property
+    def key(self) -> str:
+        return f"{self.material}/{self.phase}/{self.orientation}"
+
+    def extended(self, far_nm: float = 1.0e4) -> tuple[np.ndarray, np.ndarray]:
+        """Nodes (thickness, intensity) with one far node that encodes the linear extrapolation."""
+        thickness, intensity = self.thickness_nm, self.intensity
+        tail = thickness >= thickness[0] + 0.75 * (thickness[-1] - thickness[0])
+        if tail.sum() >= 2:
+            slope = float(np.polyfit(thickness[tail], intensity[tail], 1)[0])
+        else:
+            slope = float((intensity[-1] - intensity[-2]) / (thickness[-1] - thickness[-2]))
+        far_value = max(0.0, intensity[-1] + slope * (far_nm - thickness[-1]))
+        if far_value == 0.0 and slope < 0:
+            # Where the extrapolation would cross zero, stop at zero there instead of at far_nm.
+            zero_at = thickness[-1] - intensity[-1] / slope
+            return np.append(thickness, [zero_at, far_nm]), np.append(intensity, [0.0, 0.0])
+        return np.append(thickness, far_nm), np.append(intensity, far_value)
+
+    def __call__(self, thickness_nm) -> np.ndarray:
+        """Intensity at the given thicknesses (nm); 0 where the thickness is 0 (no material)."""
+        nodes, values = self.extended()
+        thickness_nm = np.asarray(thickness_nm, dtype=float)
+        return np.where(thickness_nm > 0, np.interp(thickness_nm, nodes, values), 0.0)
+
+
+class HaadfTables:
+    """A validated set of HAADF tables covering both materials.
+
+    Attributes:
+        tables: the tables, in file order.
+        provenance: the parsed ``# provenance:`` JSON (empty dict if absent).
+        source: the file the tables came from.
+        column: the intensity column used.
+    """
+
+    def __init__(self, tables: list[HaadfTable], provenance: dict | None = None,
+                 source: str = "<memory>", column: str = "intensity"):
+        self.tables = list(tables)
+        self.provenance = dict(provenance or {})
+        self.source = source
+        self.column = column
+        missing = [MATERIAL_NAMES[label] for label in (WO3, TIO2)
+                   if not any(table.label == label for table in self.tables)]
+        if missing:
+            raise TableError(f"{source}: no table for material(s) {', '.join(missing)}")
+        # Per material: phases, and per phase the table indices, for the two-stage random choice.
+        self._phase_tables: dict[int, list[np.ndarray]] = {}
+        for label in (WO3, TIO2):
+            phases: dict[str, list[int]] = {}
+            for position, table in enumerate(self.tables):
+                if table.label == label:
+                    phases.setdefault(table.phase, []).append(position)
+            self._phase_tables[label] = [np.asarray(v) for v in phases.values()]
+        self._nodes = [table.extended() for table in self.tables]
+        self._max_thickness = float(min(table.thickness_nm[-1] for table in self.tables))
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+    @property
+    def keys(self) -> list[str]:
+        return [table.key for table in self.tables]
+
+    @property
+    def max_thickness_nm(self) -> float:
+        """The smallest of the tables' largest thicknesses (beyond it values are extrapolated)."""
+        return self._max_thickness
+
+    def phases(self, label: int) -> list[str]:
+        return [self.tables[int(group[0])].phase for group in self._phase_tables[label]]
+
+    def choose(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random table per particle: uniform phase of its material, then uniform orientation.
+
+        Args:
+            labels: (N,) material labels.
+            rng: random generator (two uniform draws per particle, in particle order).
+
+        Returns:
+            (N,) int table indices.
+        """
+        labels = np.asarray(labels)
+        draws = rng.random((labels.shape[0], 2))
+        chosen = np.empty(labels.shape[0], dtype=np.int64)
+        for label, groups in self._phase_tables.items():
+            mask = labels == label
+            if not mask.any():
+                continue
+            phase_index = np.minimum((draws[mask, 0] * len(groups)).astype(int), len(groups) - 1)
+            sizes = np.array([len(group) for group in groups])[phase_index]
+            orientation_index = np.minimum((draws[mask, 1] * sizes).astype(int), sizes - 1)
+            chosen[mask] = [groups[p][o] for p, o in zip(phase_index, orientation_index)]
+        return chosen
+
+    def intensity(self, table_index: int, thickness_nm: np.ndarray) -> np.ndarray:
+        """Intensity of table ``table_index`` at ``thickness_nm`` (0 where thickness is 0)."""
+        nodes, values = self._nodes[table_index]
+        result = np.interp(thickness_nm, nodes, values)
+        result[thickness_nm <= 0] = 0.0
+        return result
+
+    def to_text(self, extra_columns: dict[str, list[np.ndarray]] | None = None,
+                comments: list[str] | None = None) -> str:
+        """Serialise in the documented format (intensity column named ``intensity``)."""
+        extra_columns = extra_columns or {}
+        out = io.StringIO()
+        out.write(f"# hagg_tf HAADF reference tables, format version {FORMAT_VERSION}\n")
+        out.write("# intensity: fraction of the incident beam on the detector; thickness in nm.\n")
+        for line in comments or []:
+            out.write(f"# {line}\n")
+        out.write(f"# {PROVENANCE_PREFIX} {json.dumps(self.provenance, sort_keys=True)}\n")
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(list(REQUIRED_COLUMNS) + list(extra_columns))
+        for position, table in enumerate(self.tables):
+            for row, (t, value) in enumerate(zip(table.thickness_nm, table.intensity)):
+                extras = [f"{extra_columns[name][position][row]:.6e}" for name in extra_columns]
+                writer.writerow([table.material, table.phase, table.orientation, f"{t:g}",
+                                 f"{value:.6e}"] + extras)
+        return out.getvalue()
+
+
+def _parse(text: str, source: str, column: str) -> HaadfTables:
+    provenance: dict = {}
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            body = stripped[1:].strip()
+            if body.startswith(PROVENANCE_PREFIX):
+                try:
+                    provenance = json.loads(body[len(PROVENANCE_PREFIX):])
+                except json.JSONDecodeError as error:
+                    raise TableError(f"{source}:{number}: provenance is not valid JSON ({error})") from None
+            continue
+        if stripped:
+            lines.append((number, stripped))
+    if not lines:
+        raise TableError(f"{source}: no header or data rows")
+    header = [name.strip() for name in next(csv.reader([lines[0][1]]))]
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise TableError(f"{source}: header lacks column(s) {', '.join(missing)} "
+                         f"(need {', '.join(REQUIRED_COLUMNS)})")
+    if column not in header:
+        raise TableError(f"{source}: no intensity column {column!r} (columns: {', '.join(header)})")
+    where = {name: header.index(name) for name in header}
+    rows: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for number, line in lines[1:]:
+        fields = [field.strip() for field in next(csv.reader([line]))]
+        if len(fields) != len(header):
+            raise TableError(f"{source}:{number}: expected {len(header)} fields, got {len(fields)}")
+        material = fields[where["material"]]
+        if material.lower() not in MATERIAL_LABELS:
+            raise TableError(f"{source}:{number}: unknown material {material!r} (known: WO3, TiO2)")
+        try:
+            thickness = float(fields[where["thickness_nm"]])
+            value = float(fields[where[column]])
+        except ValueError:
+            raise TableError(f"{source}:{number}: thickness and {column} must be numbers") from None
+        if not (np.isfinite(thickness) and np.isfinite(value)):
+            raise TableError(f"{source}:{number}: thickness and {column} must be finite")
+        if thickness < 0 or value < 0 or value > 1:
+            raise TableError(f"{source}:{number}: need thickness >= 0 and 0 <= {column} <= 1 "
+                             f"(fraction of the incident beam), got {thickness}, {value}")
+        key = (MATERIAL_NAMES[MATERIAL_LABELS[material.lower()]], fields[where["phase"]],
+               fields[where["orientation"]])
+        rows.setdefault(key, []).append((thickness, value))
+    tables = []
+    for (material, phase, orientation), values in rows.items():
+        values_array = np.asarray(values, dtype=np.float64)
+        thickness = values_array[:, 0]
+        if len(thickness) < 2 or np.any(np.diff(thickness) <= 0):
+            raise TableError(f"{source}: table {material}/{phase}/{orientation} needs at least two "
+                             "rows with strictly increasing thickness_nm")
+        tables.append(HaadfTable(material, MATERIAL_LABELS[material.lower()], phase, orientation,
+                                 thickness, values_array[:, 1]))
+    return HaadfTables(tables, provenance, source, column)
+
+
+def load_tables(path: str | Path | None = None, column: str = "intensity") -> HaadfTables:
+    """Load and validate HAADF tables.
+
+    Args:
+        path: a table file in the documented format; None loads the shipped abTEM tables.
+        column: the intensity column to use: "intensity" (detector with the measured
+            sensitivity curve) or, for the shipped file, "intensity_flat" (flat 55–250 mrad).
+
+    Returns:
+        The validated tables.
+
+    Raises:
+        TableError: missing file, malformed content or invalid values (message names the file).
+    """
+    if path is None:
+        return _shipped_tables(column)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TableError(f"{path}: HAADF table file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TableError(f"{path}: cannot read HAADF table file ({error})") from None
+    return _parse(text, str(path), column)
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped_tables(column: str) -> HaadfTables:
+    resource = importlib.resources.files("hagg_tf.stem") / "data" / SHIPPED_TABLES
+    try:
+        text = resource.read_text()
+    except FileNotFoundError:
+        raise TableError(f"{resource}: the shipped HAADF tables are missing; create them with "
+                         "tools/make_haadf_tables.py or pass a table file") from None
+    return _parse(text, str(resource), column)
