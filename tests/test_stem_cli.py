@@ -99,14 +99,18 @@ def test_simulate_from_aggregate_files(tmp_path, table_file):
     model_io = pytest.importorskip("hagg_tf.model.io")
     from hagg_tf.model.generator import sample_aggregate
     from hagg_tf.model.parameters import ModelParameters
-    for index in range(2):
-        aggregate = sample_aggregate(ModelParameters(1.9, 0.4, 2, 2), 5, index)
-        model_io.save_aggregate(tmp_path / "in" / f"agg{index}.npz", aggregate)
+    aggregates = [sample_aggregate(ModelParameters(1.9, 0.4, 2, 2), 5, index) for index in range(3)]
+    (tmp_path / "in").mkdir()
+    model_io.save_aggregate(tmp_path / "in" / "single.npz", aggregates[0])
+    model_io.save_aggregates(tmp_path / "in" / "part.npz", aggregates[1:])
     result = _run("simulate_stem.py", f"--aggregates={tmp_path / 'in'}", f"--tables={table_file}",
                   "--image_size=64", "--pixel_size_nm=5", f"--out_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr
-    counts, metadata = read_stem_png(tmp_path / "out" / "agg1.png")
-    assert metadata["aggregate"]["seed"] == 5 and counts.max() > 0
+    assert json.loads(result.stdout.strip().splitlines()[-1])["images"] == 3
+    counts, metadata = read_stem_png(tmp_path / "out" / "part_0001.png")
+    # A generated aggregate keeps its own (seed, index) for the image.
+    assert metadata["seed"] == 5 and metadata["index"] == 2 and counts.max() > 0
+    assert (tmp_path / "out" / "single.png").exists()
 
 
 def test_plot_tables_and_fig3(tmp_path, table_file):

@@ -154,7 +154,7 @@ def test_scan_noise_is_a_tiny_perturbation_at_particle_rims():
     difference = np.abs(jittered - clean)
     assert difference.max() > 0
     # Relative to the brightest pixel the effect stays at the per-cent level at most.
-    assert difference.max() < 0.02 * clean.max()
+    assert difference.max() < 0.05 * clean.max()
     # Far from the rims (interior pixels) the change is far smaller still.
     assert np.median(difference[clean > 0.5 * clean.max()]) < 1e-3 * clean.max()
 

@@ -10,9 +10,20 @@ from hagg_tf.stem import HaadfTable, HaadfTables, TableError, load_tables
 from hagg_tf.stem import detector
 
 PHASES = {"WO3": {"gamma", "delta"}, "TiO2": {"rutile", "anatase"}}
-# Single scattering dominates while the HAADF signal grows linearly; fitted on the shipped
-# tables this holds to ~10 nm for WO3 and ~25 nm for TiO2 (see docs/stem.md).
-SINGLE_SCATTERING_NM = {"WO3": 10.0, "TiO2": 25.0}
+# Single scattering dominates while the signal grows linearly with thickness. Defined here as
+# I(t)/t within 10 % of its value at 5 nm (thinner points carry larger Monte-Carlo errors).
+# On the shipped tables that regime reaches at least 12 nm for every WO3 table and the whole
+# 64 nm for TiO2; the test requires at least these lengths.
+MIN_SINGLE_SCATTERING_NM = {"WO3": 10.0, "TiO2": 40.0}
+
+
+def _single_scattering_limit(table) -> float:
+    """Largest thickness up to which I(t)/t stays within 10 % of I(5 nm)/5 nm."""
+    thickness, intensity = table.thickness_nm[1:], table.intensity[1:]
+    reference = table(5.0) / 5.0
+    linear = np.abs(intensity / thickness / reference - 1.0) <= 0.10
+    linear[thickness < 5.0] = True
+    return float(thickness[np.argmin(linear) - 1]) if not linear.all() else float(thickness[-1])
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +54,12 @@ def test_shipped_tables_are_finite_non_negative_fractions(shipped):
 
 def test_shipped_tables_increase_where_single_scattering_dominates(shipped):
     for table in shipped.tables:
-        limit = SINGLE_SCATTERING_NM[table.material]
+        limit = _single_scattering_limit(table)
+        assert limit >= MIN_SINGLE_SCATTERING_NM[table.material], table.key
         window = table.thickness_nm <= limit
-        steps = np.diff(table.intensity[window])
-        assert np.all(steps > 0), table.key
-        # And overall: thicker material scatters more up to 60 nm.
-        assert table(60.0) > table(limit) > table(limit / 2), table.key
+        assert np.all(np.diff(table.intensity[window]) > 0), table.key
+        # Beyond it the signal still grows up to 60 nm (no saturation within particle sizes).
+        assert table(60.0) > table(limit) or limit >= 60.0, table.key
 
 
 def test_shipped_wo3_brighter_than_tio2_at_every_thickness(shipped):

@@ -104,9 +104,14 @@ def figure_fig3(out_dir: Path) -> Path:
     half = 0.5 * image.counts.shape[0] * metadata["pixel_size_nm"]
     shown = axes_image.imshow(image.counts, cmap="gray", origin="lower",
                               extent=(-half, half, -half, half))
+    # Show the same lateral window as the 3D view (the full frame is mostly empty by design).
+    window = min(1.1 * extent, half)
+    axes_image.set_xlim(-window, window)
+    axes_image.set_ylim(-window, window)
     axes_image.set_xlabel("x / nm")
     axes_image.set_ylabel("y / nm")
-    axes_image.set_title(f"HAADF-STEM, {metadata['pixel_size_nm']} nm/px, "
+    axes_image.set_title(f"HAADF-STEM (crop of the {image.counts.shape[1]}×{image.counts.shape[0]} "
+                         f"frame), {metadata['pixel_size_nm']} nm/px,\n"
                          f"{metadata['dose_e_per_A2']:g} e/Å² "
                          f"({metadata['electrons_per_pixel']:.0f} e/px)", fontsize=9)
     figure.colorbar(shown, ax=axes_image, label="detector counts", shrink=0.8)
@@ -200,8 +205,10 @@ def figure_convergence(out_dir: Path) -> Path:
         except (OSError, json.JSONDecodeError) as error:
             raise app.UsageError(f"{path}: cannot read a per-table result ({error})")
         s = result["settings"]
-        label = (f"box {s['lateral_nm']} nm, {s['num_configs']} configs × {s['num_positions']} "
-                 f"positions, slice {s['slice_thickness_angstrom']} Å")
+        box = result.get("box_angstrom", [10 * s["lateral_nm"]] * 2)
+        label = (f"box {box[0] / 10:.2f}×{box[1] / 10:.2f} nm, {s['num_configs']} configs × "
+                 f"{s['num_positions']} positions, defocus {s.get('defocus_angstrom', 0) / 10:g} nm, "
+                 f"{result['runtime_s']:.0f} s")
         thickness = np.asarray(result["thickness_nm"])
         intensity = np.asarray(result["intensity"])
         error = np.asarray(result["intensity_sem"])

@@ -1,8 +1,11 @@
 """Simulate HAADF-STEM images of aggregates (paper Sec. 2.1.4) as 16-bit PNGs with metadata.
 
-Input is either aggregate files written by hagg_tf.model.io.save_aggregate, or θ, from which
-aggregates are drawn with the stochastic model. Image j is rendered with the random stream
-(--seed, --start_index + j), so the result does not depend on --workers.
+Input is either aggregate files written by hagg_tf.model.io (one or many aggregates per file,
+e.g. the parts written by tools/generate_aggregates.py), or θ, from which aggregates are drawn
+with the stochastic model. With --theta, aggregate and image j use (--seed, --start_index + j);
+an aggregate read from a file keeps the (seed, index) it was drawn with unless --seed is given.
+Either way the images do not depend on --workers. One PNG per aggregate, named after the file
+(<file>.png, or <file>_<k>.png for files holding several).
 
 Examples:
   python tools/simulate_stem.py --theta=1.8,0.5,3,2 --count=12 --seed=1 --out_dir=work/stem/images
@@ -73,32 +76,44 @@ def _init_worker(tables_path, detector):
 
 
 def _render_job(job: dict) -> dict:
-    """Load or draw one aggregate, render it, write the PNG (and aggregate)."""
+    """Draw (for θ input) and render one aggregate, write the PNG (and the aggregate)."""
     from hagg_tf.stem.io import write_stem_png
     out_dir = Path(job["out_dir"])
-    if job["source"] == "file":
-        try:
-            from hagg_tf.model.io import load_aggregate
-        except ImportError as error:
-            raise InputError(f"reading aggregate files needs hagg_tf.model.io ({error})")
-        try:
-            aggregate = load_aggregate(job["path"])
-        except Exception as error:  # any parse failure is a bad input file
-            raise InputError(f"{job['path']}: not a readable aggregate file ({error})")
-        name = Path(job["path"]).stem
+    if job["aggregate"] is not None:
+        aggregate = job["aggregate"]
     else:
         from hagg_tf.model.generator import sample_aggregate
         from hagg_tf.model.parameters import ModelParameters
         aggregate = sample_aggregate(ModelParameters(*job["theta"]), job["seed"], job["index"])
-        name = f"aggregate_{job['index']:06d}"
         if job["save_aggregate"]:
             from hagg_tf.model.io import save_aggregate
-            save_aggregate(out_dir / f"{name}.npz", aggregate)
+            save_aggregate(out_dir / f"{job['name']}.npz", aggregate)
     image = render_module.render_stem(aggregate, seed=job["seed"], index=job["index"],
                                       tables=_worker_tables, **job["render"])
-    path = write_stem_png(out_dir / f"{name}.png", image)
+    path = write_stem_png(out_dir / f"{job['name']}.png", image)
     return {"path": str(path), "particles_outside": image.metadata["particles_outside"],
             "saturated": image.metadata["saturated_pixels"]}
+
+
+def _load_files(files: list[str]) -> list[tuple[str, object]]:
+    """(image name, aggregate) for every aggregate of every file; bad files are input errors."""
+    try:
+        from hagg_tf.model.io import load_aggregates
+    except ImportError as error:
+        raise InputError(f"reading aggregate files needs hagg_tf.model.io ({error})")
+    named = []
+    for path in files:
+        try:
+            aggregates = load_aggregates(path)
+        except Exception as error:  # any failure to parse is a bad input file
+            message = str(error)
+            raise InputError(message if str(path) in message else f"{path}: {message}")
+        stem = Path(path).stem
+        if len(aggregates) == 1:
+            named.append((stem, aggregates[0]))
+        else:
+            named.extend((f"{stem}_{k:04d}", aggregate) for k, aggregate in enumerate(aggregates))
+    return named
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -132,27 +147,37 @@ def main(argv):
             tables = _load_tables(_TABLES.value, _DETECTOR.value)
         except TableError as error:
             raise InputError(str(error))
-        theta = None
-        if _THETA.value:
-            from hagg_tf.model.parameters import ModelParameters, ParameterError
-            try:
-                theta = ModelParameters.from_sequence(float(v) for v in _THETA.value).as_tuple()
-            except (ParameterError, ValueError) as error:
-                raise InputError(f"--theta: {error}")
-            sources = [None] * _COUNT.value
-        else:
-            sources = _expand(_AGGREGATES.value)
         if _PIXEL.value <= 0 or _DOSE.value < 0 or _SCAN_NOISE.value < 0:
             raise InputError("--pixel_size_nm must be > 0, --dose and --scan_noise_nm >= 0")
         render_kwargs = dict(pixel_size_nm=_PIXEL.value, image_size=_SIZE.value, dose=_DOSE.value,
                              focal_plane_nm=_FOCAL.value, scan_noise_nm=_SCAN_NOISE.value,
                              shot_noise=_SHOT_NOISE.value)
         out_dir = Path(_OUT_DIR.value)
+        common = {"save_aggregate": _SAVE_AGGREGATES.value, "out_dir": str(out_dir),
+                  "render": render_kwargs}
+        jobs = []
+        if _THETA.value:
+            from hagg_tf.model.parameters import ModelParameters, ParameterError
+            try:
+                theta = ModelParameters.from_sequence(float(v) for v in _THETA.value).as_tuple()
+            except (ParameterError, ValueError) as error:
+                raise InputError(f"--theta: {error}")
+            for position in range(_COUNT.value):
+                index = _START_INDEX.value + position
+                jobs.append(dict(common, aggregate=None, theta=theta, seed=_SEED.value,
+                                 index=index, name=f"aggregate_{index:06d}"))
+        else:
+            # An aggregate drawn by the generator keeps its own (seed, index) for its image
+            # unless --seed is given; hand-made ones use (--seed, --start_index + position).
+            own_stream = not flags.FLAGS["seed"].present
+            for position, (name, aggregate) in enumerate(_load_files(_expand(_AGGREGATES.value))):
+                if own_stream and aggregate.seed is not None and aggregate.index is not None:
+                    seed, index = aggregate.seed, aggregate.index
+                else:
+                    seed, index = _SEED.value, _START_INDEX.value + position
+                jobs.append(dict(common, aggregate=aggregate, theta=None, seed=seed, index=index,
+                                 name=name))
         out_dir.mkdir(parents=True, exist_ok=True)
-        jobs = [{"source": "theta" if theta else "file", "path": source, "theta": theta,
-                 "seed": _SEED.value, "index": _START_INDEX.value + position,
-                 "save_aggregate": _SAVE_AGGREGATES.value, "out_dir": str(out_dir),
-                 "render": render_kwargs} for position, source in enumerate(sources)]
         results = _run(jobs, tables)
     except InputError as error:
         _fail(str(error))

@@ -19,8 +19,9 @@ approximation (``notes``), and the values end up in the provenance of the shippe
   small octahedral tilt pattern; the atom count per volume (what the HAADF signal mostly
   depends on) follows the δ cell exactly, only the tilt pattern is approximated.
 
-All coordinates were transcribed by hand as commonly tabulated for those publications; the
-original CIFs were not available here to check them against. For γ-WO3 the transcribed site
+All lattice constants and coordinates were written down from memory of the published values;
+neither the papers nor their CIFs were available here to check them against, so treat them as
+close to, not identical with, the refinements. For γ-WO3 the transcribed site
 O2 = (−0.0011, 0.0381, 0.7232) collided with the inversion image of O1 (0.71 Å apart), so
 O2 was moved to the free a-bridging site (−0.0011, 0.4619, 0.2232); the resulting structure
 is chemically consistent (every W six-coordinated, W–O 1.64–2.23 Å, O–O ≥ 2.35 Å, X-ray
@@ -29,8 +30,9 @@ the signal growing roughly as Z^1.7), so residual O errors of ~0.1 Å matter lit
 with the original CIFs pass them to ``tools/make_haadf_tables.py --structure_files``.
 
 Thermal vibration (frozen phonons) uses isotropic mean-square displacements U_iso (Å², per
-Cartesian direction) of the order refined in those studies at room temperature; the
-per-site anisotropic values were not transcribed (see `CrystalPhase.u_iso`).
+Cartesian direction) chosen by hand at typical room-temperature magnitudes for these oxides
+(Ti 0.005–0.0055, W 0.004, O 0.006–0.008); they are not the refined per-site values of the
+cited studies (see `CrystalPhase.u_iso`).
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ GAMMA_WO3 = CrystalPhase(
     cellpar=(7.306, 7.540, 7.692, 90.0, 90.88, 90.0), spacegroup=14, setting=2,
     sites=_GAMMA_WO3_SITES,
     u_iso={"W": 0.0040, "O": 0.0080},
-    source="B. O. Loopstra, H. M. Rietveld, Acta Cryst. B 25 (1969) 1420-1421 (paper ref. [24])")
+    source="B. O. Loopstra, H. M. Rietveld, Acta Cryst. B 25 (1969) 1420-1421 (paper ref. [24])",
+    notes=("site O2 moved from (-0.0011, 0.0381, 0.7232), which collided with the inversion "
+           "image of O1, to the free a-bridging site (-0.0011, 0.4619, 0.2232)"))
 DELTA_WO3 = CrystalPhase(
     material="WO3", label=WO3, phase="delta",
     cellpar=(7.309, 7.522, 7.678, 88.81, 90.92, 90.93), spacegroup=1, setting=1,

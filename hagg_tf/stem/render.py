@@ -12,8 +12,10 @@ Image formation, per particle k with centre (x_k, y_k, z_k) and radius r_k:
 5. scan noise: each probe position is displaced by an independent Gaussian vector with
    s.d. 0.01 nm per axis (paper ref. [17]); sharp particles (σ_k < 1 pixel) are evaluated at the
    displaced positions exactly, blurred ones to first order through the gradient of their
-   blurred map (accurate: the map is smooth on the 0.01 nm scale). At ~1.2 nm pixels the
-   effect is minute (≲ 1 % of the signal at particle rims, far below shot noise);
+   blurred map (accurate: the map is smooth on the 0.01 nm scale). At 1.2 nm pixels the
+   effect is minute: over 30 Table-2 aggregates with the shipped tables its RMS was 0.71
+   counts against 17.2 counts of shot noise; single rim pixels, where the projected thickness
+   changes steeply, moved by up to 3.2 % of the brightest pixel (benchmarks/bench_stem.py);
 6. shot noise: counts ~ Poisson(dose × pixel area × intensity), dose 149 e/Å² (ref. [23]).
 
 Only each particle's bounding box (plus 4σ of blur) is computed, and noise is drawn only over

@@ -169,6 +169,8 @@ class HaadfTables:
         """Intensity of table ``table_index`` at ``thickness_nm`` (0 where thickness is 0)."""
         nodes, values = self._nodes[table_index]
         result = np.interp(thickness_nm, nodes, values)
+        # Exactly zero where there is no material (abTEM leaves ~1e-14 at zero thickness), so
+        # empty pixels draw no shot noise.
         result[thickness_nm <= 0] = 0.0
         return result
 
