@@ -10,4 +10,6 @@ from hagg_tf.model.generator import GenerationError, sample_aggregate
 from hagg_tf.model.io import (export_csv, export_xyz, load_aggregate, load_aggregates,
                               save_aggregate, save_aggregates)
 
+from hagg_tf import data  # noqa: F401  (TensorFlow loads only when a pipeline is used)
+
 __version__ = "0.1.0"

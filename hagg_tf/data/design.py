@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 
 import numpy as np
 
@@ -312,7 +311,3 @@ def check_split_rule(counts_per_theta: dict[str, np.ndarray], minimum: int) -> l
 def expected_multi_image_samples(counts_per_theta: np.ndarray, num_images: int) -> int:
     """Samples of ν images per pass: every θ gives ⌊n_θ / ν⌋ full groups."""
     return int(np.sum(np.asarray(counts_per_theta) // int(num_images)))
-
-
-def ceil_div(numerator: int, denominator: int) -> int:
-    return int(math.ceil(numerator / denominator))

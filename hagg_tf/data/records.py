@@ -247,6 +247,7 @@ def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
         RecordError: missing features or inconsistent sizes (message names ``source``).
     """
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
 
     try:
         features = tf.train.Example.FromString(serialized).features.feature
@@ -278,7 +279,7 @@ def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
         png = raw("image/png")
         counts = decode_png16(png)
         height, width = one_int("image/height"), one_int("image/width")
-    except (IndexError, ValueError, KeyError) as error:
+    except (DecodeError, IndexError, ValueError, KeyError) as error:
         raise RecordError(f"{source}: not a hagg_tf dataset record ({error})") from error
     if counts.shape != (height, width):
         raise RecordError(f"{source}: record {index} holds a {counts.shape} image, its header "

@@ -3,7 +3,8 @@
 * Deterministic: sample i depends on (seed, i) alone and a shard's record order is fixed by the
   design, so the same settings give byte-identical shards for any number of workers, any
   choice of which shards a run writes, and any machine with the same library versions (the
-  PNG bytes depend on zlib; the manifest records the versions).
+  PNG bytes depend on zlib; the manifest records the versions) and the same path to the HAADF
+  table file (the renderer's metadata, stored in every record, names it).
 * Parallel: samples are computed in ``workers`` spawned processes (TensorFlow-free); the
   parent serialises them in index order into the shard being written.
 * Sharded: ``shard_indices`` selects which shards (0 … num_shards−1, each with its train,
@@ -40,6 +41,14 @@ from hagg_tf.model.io import atomic_write
 _SIDE_CAR_SUFFIX = ".json"
 
 
+def _write_json(path: Path, value) -> None:
+    """Atomic JSON write; readable by others like the shards (mkstemp creates files 0600)."""
+    atomic_write(path, lambda stream: stream.write(json.dumps(value, indent=1).encode()))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @dataclasses.dataclass
 class GenerationReport:
     """What one `generate_dataset` run did.
@@ -67,7 +76,8 @@ def _tables_settings(tables_path: str | None) -> dict:
 
     tables = load_tables(tables_path)  # raises TableError naming the file if unusable
     if tables_path is None:
-        data = (importlib.resources.files("hagg_tf.stem") / "data" / "haadf_tables.csv").read_bytes()
+        resource = importlib.resources.files("hagg_tf.stem") / "data" / "haadf_tables.csv"
+        data = resource.read_bytes()
         source = "shipped:hagg_tf/stem/data/haadf_tables.csv"
     else:
         data = Path(tables_path).read_bytes()
@@ -123,14 +133,15 @@ def _check_settings(output: Path, settings: dict) -> None:
                                f"(differs in: {', '.join(changed) or 'format'}); use a fresh "
                                "output directory")
         return
-    atomic_write(path, lambda stream: stream.write(json.dumps(settings, indent=1).encode()))
+    _write_json(path, settings)
 
 
 def _indices_sha256(indices: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
-def _finished_shard(output: Path, name: str, indices: np.ndarray, settings_sha256: str) -> dict | None:
+def _finished_shard(output: Path, name: str, indices: np.ndarray,
+                    settings_sha256: str) -> dict | None:
     """The sidecar of a finished shard, None if unfinished; error if it is someone else's."""
     sidecar_path = output / (name + _SIDE_CAR_SUFFIX)
     shard_path = output / name
@@ -165,7 +176,8 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
             for expected in indices:
                 payload = next(payloads)
                 if payload["index"] != expected:  # a broken worker must not shift records
-                    raise RuntimeError(f"{name}: got sample {payload['index']}, expected {expected}")
+                    raise RuntimeError(f"{name}: got sample {payload['index']}, "
+                                       f"expected {expected}")
                 writer.write(encode_example(payload, split))
                 homogeneous += int(payload["descriptors"].homogeneous)
                 per_theta[payload["theta_id"]] += 1
@@ -182,8 +194,7 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
     finally:
         if temporary.exists():
             temporary.unlink()
-    atomic_write(output / (name + _SIDE_CAR_SUFFIX),
-                 lambda stream: stream.write(json.dumps(sidecar, indent=1).encode()))
+    _write_json(output / (name + _SIDE_CAR_SUFFIX), sidecar)
     return sidecar
 
 
@@ -209,7 +220,8 @@ def generate_dataset(output: str | os.PathLike, config: DatasetConfig, *,
         config: the database settings (e.g. ``design.preset("paper")``).
         shard_indices: which shards k ∈ [0, num_shards) to write (each with its three split
             parts); None writes all.
-        workers: processes computing samples.
+        workers: processes computing samples (spawned: a script calling this with workers > 1
+            needs the usual ``if __name__ == "__main__":`` guard).
         tables_path: HAADF table file; None uses the tables shipped with hagg_tf.
         progress: show a tqdm progress bar.
         command: the command line, stored in the manifest.
@@ -330,7 +342,6 @@ def write_manifest_if_complete(output: Path, design: DatasetDesign, settings: di
         # Sum over shards of the wall time each took to write (with its run's workers).
         "shard_wall_seconds": round(shard_seconds, 1),
     }
-    atomic_write(output / MANIFEST_NAME,
-                 lambda stream: stream.write(json.dumps(manifest, indent=1).encode()))
+    _write_json(output / MANIFEST_NAME, manifest)
     manifest["_directory"] = str(output)
     return manifest

@@ -267,7 +267,7 @@ def render_stem(aggregate: Aggregate, *, seed: int | None = None, index: int | N
         "blur": bool(blur),
         "seed": None if seed is None else int(seed),
         "index": int(index),
-        "tables": {"source": tables.source, "column": tables.column},
+        "tables": {"source": tables.source, "sha256": tables.sha256, "column": tables.column},
         "particle_phase": [table.phase for table in chosen],
         "particle_orientation": [table.orientation for table in chosen],
         "particles_outside": int(np.count_nonzero(~inside)),

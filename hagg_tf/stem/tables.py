@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
 import importlib.resources
 import io
 import json
@@ -102,16 +103,19 @@ class HaadfTables:
     Attributes:
         tables: the tables, in file order.
         provenance: the parsed ``# provenance:`` JSON (empty dict if absent).
-        source: the file the tables came from.
+        source: the file the tables came from (``hagg_tf:stem/data/...`` for the shipped ones,
+            so that nothing machine-specific ends up in image metadata or records).
         column: the intensity column used.
+        sha256: hex digest of the table file's text (None for tables built in memory).
     """
 
     def __init__(self, tables: list[HaadfTable], provenance: dict | None = None,
-                 source: str = "<memory>", column: str = "intensity"):
+                 source: str = "<memory>", column: str = "intensity", sha256: str | None = None):
         self.tables = list(tables)
         self.provenance = dict(provenance or {})
         self.source = source
         self.column = column
+        self.sha256 = sha256
         missing = [MATERIAL_NAMES[label] for label in (WO3, TIO2)
                    if not any(table.label == label for table in self.tables)]
         if missing:
@@ -249,7 +253,8 @@ def _parse(text: str, source: str, column: str) -> HaadfTables:
                              "rows with strictly increasing thickness_nm")
         tables.append(HaadfTable(material, MATERIAL_LABELS[material.lower()], phase, orientation,
                                  thickness, values_array[:, 1]))
-    return HaadfTables(tables, provenance, source, column)
+    return HaadfTables(tables, provenance, source, column,
+                       hashlib.sha256(text.encode()).hexdigest())
 
 
 def load_tables(path: str | Path | None = None, column: str = "intensity") -> HaadfTables:
@@ -286,4 +291,4 @@ def _shipped_tables(column: str) -> HaadfTables:
     except FileNotFoundError:
         raise TableError(f"{resource}: the shipped HAADF tables are missing; create them with "
                          "tools/make_haadf_tables.py or pass a table file") from None
-    return _parse(text, str(resource), column)
+    return _parse(text, f"hagg_tf:stem/data/{SHIPPED_TABLES}", column)
