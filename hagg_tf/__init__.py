@@ -13,3 +13,15 @@ from hagg_tf.model.io import (export_csv, export_xyz, load_aggregate, load_aggre
 from hagg_tf import data  # noqa: F401  (TensorFlow loads only when a pipeline is used)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # hagg_tf.characterize and hagg_tf.networks need TensorFlow; load them on first use only,
+    # so that the model, descriptors and I/O stay importable (and fast) without it.
+    if name == "characterize":
+        from hagg_tf.estimation import characterize
+        return characterize
+    if name in ("networks", "models"):
+        import importlib
+        return importlib.import_module("hagg_tf.networks")
+    raise AttributeError(f"module 'hagg_tf' has no attribute {name!r}")

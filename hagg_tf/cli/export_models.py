@@ -1,0 +1,100 @@
+"""Export trained networks as SavedModels for TF Serving and for hagg-characterize.
+
+Examples:
+  # the composite "characterize" model from five training runs (work/training/<network>/),
+  # evaluated on the database's evaluation split, kernels stored as float16:
+  hagg-export-models --runs=work/training --output=saved_models \
+      --evaluate_dataset=work/datasets/paper
+
+  # per-network SavedModels (TF Serving, one model each) recreated from a shipped composite:
+  hagg-export-models --from_composite=saved_models --per_network --nocomposite \
+      --output=work/saved_models
+
+Layout: <output>/characterize/<version>/ (composite: all five networks and the estimators of
+Sec. 2.3 in one graph) and, with --per_network, <output>/<network>/<version>/ for each network
+(hagg_tf.export.export_network). Existing versions are kept unless --overwrite.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+from hagg_tf.training.exporting import NETWORK_NAMES
+
+_RUNS = flags.DEFINE_string("runs", None, "Directory with one training run per network "
+                            "(<runs>/<network>/, as written by hagg-train).")
+_FROM_COMPOSITE = flags.DEFINE_string(
+    "from_composite", None, "Take the networks' weights from this composite export instead "
+    "(export base, model or version directory).")
+_OUTPUT = flags.DEFINE_string("output", "work/saved_models", "Export base directory.")
+_VERSION = flags.DEFINE_integer("version", 1, "Version number of the exports.")
+_KERNEL_DTYPE = flags.DEFINE_enum("kernel_dtype", "float16", ["float16", "float32"],
+                                  "Storage type of the composite's kernels.")
+_COMPOSITE = flags.DEFINE_bool("composite", True, "Write the composite characterize model.")
+_PER_NETWORK = flags.DEFINE_bool("per_network", False, "Write one SavedModel per network.")
+_EVALUATE = flags.DEFINE_string("evaluate_dataset", None,
+                                "Measure the composite's accuracy on this database's "
+                                "evaluation split and store it in the model card.")
+_PLACEHOLDER = flags.DEFINE_bool("placeholder", False,
+                                 "Mark the networks as placeholders in the model card.")
+_WHICH = flags.DEFINE_enum("which", "best", ["best", "last"], "Checkpoint of each run.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing versions.")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if (_RUNS.value is None) == (_FROM_COMPOSITE.value is None):
+        _fail("give exactly one of --runs (training runs) and --from_composite")
+    if not (_COMPOSITE.value or _PER_NETWORK.value):
+        _fail("nothing to do: --nocomposite without --per_network")
+    if _VERSION.value < 1:
+        _fail(f"--version must be a positive integer, got {_VERSION.value}")
+    if _RUNS.value is not None:
+        missing = [name for name in NETWORK_NAMES
+                   if not (pathlib.Path(_RUNS.value) / name / "last.keras").is_file()]
+        if missing:
+            _fail(f"{_RUNS.value}: no finished run of {', '.join(missing)} "
+                  "(expected <runs>/<network>/last.keras from hagg-train)")
+    from hagg_tf.training.exporting import export_from_composite, export_from_runs
+    from hagg_tf.training.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    try:
+        if _RUNS.value is not None:
+            written = export_from_runs(
+                _RUNS.value, _OUTPUT.value, version=_VERSION.value,
+                kernel_dtype=_KERNEL_DTYPE.value, evaluate_dataset=_EVALUATE.value,
+                placeholder=_PLACEHOLDER.value, overwrite=_OVERWRITE.value,
+                which=_WHICH.value, per_network=_PER_NETWORK.value,
+                composite=_COMPOSITE.value)
+        else:
+            written = export_from_composite(
+                _FROM_COMPOSITE.value, _OUTPUT.value, version=_VERSION.value,
+                overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
+                composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    for key, path in written.items():
+        if key != "model_card":
+            size = sum(item.stat().st_size for item in pathlib.Path(path).rglob("*")
+                       if item.is_file())
+            print(f"{key}: {path} ({size / 2 ** 20:.1f} MiB)")
+    summary = written["model_card"].get("accuracy_summary")
+    if summary:
+        print(f"accuracy {summary}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

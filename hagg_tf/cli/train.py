@@ -1,0 +1,102 @@
+"""Train one of the paper's networks (Sec. 2.3) on a hagg_tf database.
+
+Examples:
+  hagg-train --network=fractal_dimension --dataset=work/datasets/paper
+  hagg-train --network=wo3_cluster_size --dataset=work/datasets/paper --epochs=300
+  hagg-train --network=fractal_dimension --dataset=work/datasets/paper --strategy=mirrored
+  # multi-worker: the same command on every worker, each with its own TF_CONFIG
+  TF_CONFIG='{"cluster": {"worker": ["h0:2222", "h1:2222"]},
+             "task": {"type": "worker", "index": 0}}' \
+    hagg-train --network=fractal_dimension --dataset=/shared/paper --strategy=multi_worker
+
+Networks: fractal_dimension (CNN^Df), mixing_ratio_regressor (CNN^ρ_reg),
+mixing_ratio_classifier (CNN^ρ_class), wo3_cluster_size (CNN^0), tio2_cluster_size (CNN^1).
+Adam with learning rate 1e-4, the paper's losses and batch sizes (16; 8 samples of ν images).
+
+The run directory (default work/training/<network>) gets backup/ (resume state), best.keras,
+last.keras, history.csv, logs/ (TensorBoard) and training.json. After an interruption, rerun
+the same command: it resumes from the last backup. A finished run is left alone (--overwrite
+starts over).
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+from absl import app, flags
+
+_NETWORKS = ("fractal_dimension", "mixing_ratio_regressor", "mixing_ratio_classifier",
+             "wo3_cluster_size", "tio2_cluster_size")
+
+_NETWORK = flags.DEFINE_enum("network", None, list(_NETWORKS), "Network to train.")
+_DATASET = flags.DEFINE_string("dataset", "work/datasets/paper",
+                               "Database directory (hagg-generate-dataset).")
+_OUTPUT = flags.DEFINE_string("output", None, "Run directory (default work/training/<network>).")
+_EPOCHS = flags.DEFINE_integer("epochs", 200, "Epochs in total (early stopping may end sooner).")
+_STEPS = flags.DEFINE_integer("steps_per_epoch", None,
+                              "Training steps per epoch (default: one pass over the train split).")
+_VALIDATION_STEPS = flags.DEFINE_integer("validation_steps", None,
+                                         "Validation batches per epoch (default: all).")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Samples per step (default: 16 or 8).")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 12, "ν of the multi-image networks.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 1e-4).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+_PATIENCE = flags.DEFINE_integer("patience", 20, "Early-stopping patience, epochs.")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                              "tf.distribute strategy.")
+_BACKUP_STEPS = flags.DEFINE_integer("backup_every_steps", None,
+                                     "Back up every N steps instead of every epoch.")
+_VERIFY = flags.DEFINE_enum("verify", "checksum", ["checksum", "size", "none"],
+                            "Check of the database files before training.")
+_STACK = flags.DEFINE_enum("stack_strategy", "fold_batch", ["fold_batch", "time_distributed"],
+                           "How multi-image networks apply f (see docs/networks.md).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing run and start over.")
+_VERBOSE = flags.DEFINE_integer("verbose", 2, "0 silent, 1 progress bar, 2 a line per epoch.")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _NETWORK.value is None:
+        _fail(f"--network is required: one of {', '.join(_NETWORKS)}")
+    for flag, minimum in ((_EPOCHS, 1), (_STEPS, 1), (_VALIDATION_STEPS, 1), (_BATCH, 1),
+                          (_NUM_IMAGES, 1), (_PATIENCE, 0), (_BACKUP_STEPS, 1)):
+        if flag.value is not None and flag.value < minimum:
+            _fail(f"--{flag.name} must be at least {minimum}, got {flag.value}")
+    from hagg_tf.data import DatasetError
+    from hagg_tf.training import TrainingError, train_network
+
+    output = _OUTPUT.value or f"work/training/{_NETWORK.value}"
+    try:
+        result = train_network(
+            _NETWORK.value, _DATASET.value, output, epochs=_EPOCHS.value,
+            steps_per_epoch=_STEPS.value, validation_steps=_VALIDATION_STEPS.value,
+            batch_size=_BATCH.value, num_images=_NUM_IMAGES.value,
+            learning_rate=_LEARNING_RATE.value, seed=_SEED.value, patience=_PATIENCE.value,
+            strategy=_STRATEGY.value, backup_every_steps=_BACKUP_STEPS.value,
+            verify=_VERIFY.value, stack_strategy=_STACK.value, overwrite=_OVERWRITE.value,
+            verbose=_VERBOSE.value)
+    except (TrainingError, DatasetError, FileNotFoundError) as error:
+        _fail(str(error))
+    if result.already_complete:
+        print(f"{output}: this run finished before (epoch {result.final_epoch}); nothing to do "
+              "(--overwrite starts over, a larger --epochs continues)")
+        return
+    throughput = ("n/a" if math.isnan(result.images_per_second)
+                  else f"{result.images_per_second:.2f} images/s")
+    print(f"{_NETWORK.value}: epochs {result.initial_epoch}→{result.final_epoch}"
+          f"{' (stopped early)' if result.stopped_early else ''}, {throughput}; best by "
+          f"{result.monitor}: {result.best_model}; last: {result.last_model}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

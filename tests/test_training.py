@@ -1,0 +1,146 @@
+"""Training runs: the loss goes down, an interrupted run resumes from its backup, strategies."""
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from hagg_tf import data  # noqa: E402
+from hagg_tf.model.parameters import TIO2, WO3  # noqa: E402
+from hagg_tf.networks import minimum_image_size  # noqa: E402
+from hagg_tf.stem import HaadfTable, HaadfTables  # noqa: E402
+from hagg_tf.training import (SUMMARY, TrainingError, backup_epoch, read_history,  # noqa: E402
+                              train_network)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    "ignore:`shuffle=True` was passed:UserWarning")
+
+IMAGE_SIZE = minimum_image_size()  # 156 px: the smallest input the networks take
+CONFIG = data.preset("tiny", image_size=IMAGE_SIZE)
+
+
+class Interrupted(Exception):
+    """Stands in for a crash or a pre-empted job."""
+
+
+@pytest.fixture(scope="module")
+def tiny_db(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    thickness = np.linspace(0.0, 80.0, 81)
+    tables = HaadfTables([HaadfTable("WO3", WO3, "gamma", "a", thickness, 0.004 * thickness),
+                          HaadfTable("TiO2", TIO2, "rutile", "a", thickness, 0.0004 * thickness)])
+    (root / "tables.csv").write_text(tables.to_text())
+    report = data.generate_dataset(root / "db", CONFIG, workers=1,
+                                   tables_path=str(root / "tables.csv"), progress=False)
+    assert report.complete
+    return root / "db"
+
+
+class _Interrupter(keras.callbacks.Callback):
+    """Raises after ``step`` steps of epoch ``epoch``; remembers the state backed up before."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.epoch, self.step, self.current = epoch, step, 0
+        self.backed_up = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Runs after BackupAndRestore wrote this epoch's backup (built-in callbacks go first).
+        self.backed_up = ([np.array(w) for w in self.model.get_weights()],
+                          int(self.model.optimizer.iterations.numpy()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch + 1 == self.step:
+            raise Interrupted(f"interrupted in epoch {self.epoch}")
+
+
+class _Probe(keras.callbacks.Callback):
+    """Records the state the resumed run starts from."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_epoch = None
+        self.start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = ([np.array(w) for w in self.model.get_weights()],
+                          int(self.model.optimizer.iterations.numpy()))
+
+
+def test_training_lowers_the_loss_and_resumes_after_an_interruption(tiny_db, tmp_path):
+    run = tmp_path / "df"
+    steps = 3
+    interrupter = _Interrupter(epoch=2, step=2)
+    with pytest.raises(Interrupted):
+        train_network("fractal_dimension", tiny_db, run, epochs=4, steps_per_epoch=steps,
+                      learning_rate=1e-3, verify="size", callbacks=[interrupter], verbose=0)
+    # Two epochs were backed up; the half-finished third is lost.
+    assert backup_epoch(run) == 2
+    assert [int(row["epoch"]) for row in read_history(run)] == [0, 1]
+    assert json.loads((run / SUMMARY).read_text())["status"] == "running"
+    weights_backed_up, iterations_backed_up = interrupter.backed_up
+    assert iterations_backed_up == 2 * steps
+
+    probe = _Probe()
+    result = train_network("fractal_dimension", tiny_db, run, epochs=4, steps_per_epoch=steps,
+                           learning_rate=1e-3, verify="size", callbacks=[probe], verbose=0)
+    # The rerun continued from the backup: epoch counter, optimiser step counter and weights.
+    assert result.initial_epoch == 2 and probe.first_epoch == 2
+    assert result.final_epoch == 4 and result.epochs_run == 2
+    start_weights, start_iterations = probe.start
+    assert start_iterations == 2 * steps
+    for restored, saved in zip(start_weights, weights_backed_up):
+        np.testing.assert_array_equal(restored, saved)
+    rows = read_history(run)
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    assert all("val_loss" in row for row in rows)  # the validation split (part of T)
+    # Training lowers the loss: the last epoch's mean loss is below the first one's.
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_epoch"] == 2
+    assert summary["monitor"] == "val_loss" and summary["batch_size"] == 16
+    assert (run / "best.keras").is_file() and (run / "last.keras").is_file()
+    assert (run / "backup" / "latest.weights.h5").is_file()
+    assert result.images_per_second > 0
+
+    # A finished run is left alone.
+    again = train_network("fractal_dimension", tiny_db, run, epochs=4, verify="size", verbose=0)
+    assert again.already_complete and again.epochs_run == 0
+
+
+def test_multi_image_network_trains_and_falls_back_to_the_training_loss(tiny_db, tmp_path):
+    # tiny has one validation image per θ: no validation sample of ν = 3 images exists.
+    result = train_network("tio2_cluster_size", tiny_db, tmp_path / "t1", epochs=1,
+                           steps_per_epoch=1, num_images=3, batch_size=2, verify="size",
+                           strategy="mirrored", verbose=0)
+    assert result.monitor == "loss" and result.final_epoch == 1
+    summary = json.loads((tmp_path / "t1" / SUMMARY).read_text())
+    assert summary["num_images"] == 3 and summary["replicas"] >= 1
+    assert "no validation samples" in summary["validation"]
+    assert np.isfinite(read_history(tmp_path / "t1")[0]["loss"])
+
+
+def test_training_refuses_bad_settings(tiny_db, tmp_path):
+    with pytest.raises(TrainingError, match="unknown network"):
+        train_network("nonsense", tiny_db, tmp_path / "x")
+    with pytest.raises(TrainingError, match="no manifest"):
+        train_network("fractal_dimension", tmp_path / "missing", tmp_path / "y")
+    with pytest.raises(TrainingError, match="epochs"):
+        train_network("fractal_dimension", tiny_db, tmp_path / "z", epochs=0)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("not a training run")
+    with pytest.raises(TrainingError, match="not deleting"):
+        train_network("fractal_dimension", tiny_db, precious, overwrite=True)
+    assert (precious / "thesis.tex").is_file()
