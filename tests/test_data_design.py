@@ -19,7 +19,7 @@ def test_paper_design_has_the_papers_sizes(paper):
     train, validation, evaluation = (paper.split_indices(name) for name in design.SPLITS)
     assert len(train) + len(validation) == 19_440  # T
     assert len(evaluation) == 12_960  # E
-    assert len(validation) == 1_944
+    assert len(validation) == 1_950  # all 30 T-draws of 65 whole configurations
 
 
 def test_paper_split_puts_every_theta_at_least_20_times_in_T_and_in_E(paper):
@@ -28,9 +28,12 @@ def test_paper_split_puts_every_theta_at_least_20_times_in_T_and_in_E(paper):
     training = counts["train"] + counts["validation"]
     assert training.min() >= 20 and counts["evaluation"].min() >= 20
     assert design.check_split_rule(counts, 20) == []
-    # Exactly 30 / 20 per θ (the paper's totals), validation stratified: 3 of T's 30.
+    # Exactly 30 / 20 per θ (the paper's totals); validation holds whole configurations, so
+    # that each of its θ gives ⌊30 / 12⌋ ν-image validation samples.
     assert np.all(training == 30) and np.all(counts["evaluation"] == 20)
-    assert np.all(counts["validation"] == 3)
+    assert set(np.unique(counts["validation"])) == {0, 30}
+    assert np.count_nonzero(counts["validation"]) == 65
+    assert design.expected_multi_image_samples(counts["validation"], 12) == 130
     # So every single parameter value also occurs far more than 20 times in each part.
     for column in range(4):
         for split_counts in (training, counts["evaluation"]):
@@ -118,6 +121,7 @@ def test_tiny_preset_follows_its_own_rule():
     (dict(samples_per_theta=30, evaluation_per_theta=20, validation_per_theta=10),
      "leaves no training draws"),
     (dict(fractal_dimensions_per_triple=12), "fractal_dimensions_per_triple"),
+    (dict(validation_thetas=648), "leaves none of the 648 configurations"),
     (dict(num_shards=0), "num_shards"),
     (dict(triples=((1.5, 1, 1),)), "mixing_ratio"),
     (dict(min_size=50, max_size=40), "size bounds"),

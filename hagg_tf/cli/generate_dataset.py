@@ -6,8 +6,8 @@ Examples:
   hagg-generate-dataset --preset=tiny --output=work/datasets/tiny --tables=my_tables.csv
   hagg-generate-dataset --output=work/datasets/paper --verify_only
 
-Presets: paper (324 triples × 2 θ_Df × 50 = 32 400 samples; train 17 496, validation 1 944,
-evaluation 12 960; 512 px), small (288 samples at 512 px, for benchmarks), tiny (48 samples at
+Presets: paper (324 triples × 2 θ_Df × 50 = 32 400 samples; train 17 490, validation 1 950
+(all T-draws of 65 whole θ), evaluation 12 960; 512 px), small (288 samples at 512 px, for benchmarks), tiny (48 samples at
 64 px, for tests). Sample i is a function of (--seed, i) alone, so the same settings give
 byte-identical shards for any --workers and any split of the shards over runs or machines.
 Rerunning the same command resumes: finished shards are kept, unfinished ones are redone. The

@@ -10,16 +10,22 @@ one θ), and split every θ's 50 draws 30 : 20, which meets the rule with margin
 paper's totals exactly. The two θ_Df of a triple are drawn without replacement, so the 648
 configurations are distinct and each has exactly 50 draws.
 
-The validation set for early stopping is carved out of T only (never E), stratified the same
-way: 3 of every θ's 30 T-draws (1 944 images, 10 % of T). The stored splits are therefore
+The validation set for early stopping is carved out of T only (never E) as whole
+configurations: all 30 T-draws of 65 randomly chosen θ (1 950 images, 10 % of T). Whole
+configurations, because the multi-image networks CNN^0 and CNN^1 need ν = 12 images of one θ
+per validation sample (a few draws of every θ could form none); as a bonus, early stopping then
+watches configurations the networks never trained on. The stored splits are therefore
 
-==============  =====================  ================================================
-split           per θ (paper preset)   role
-==============  =====================  ================================================
-``train``       27                     T without the validation part: gradient steps
-``validation``  3                      part of T: early stopping, model selection
-``evaluation``  20                     E: all reported results
-==============  =====================  ================================================
+==============  ==========================  ==========================================
+split           per θ (paper preset)        role
+==============  ==========================  ==========================================
+``train``       30 (583 θ), 0 (65 θ)        T without the validation part: gradient steps
+``validation``  0 (583 θ), 30 (65 θ)        part of T: early stopping, model selection
+``evaluation``  20                          E: all reported results
+==============  ==========================  ==========================================
+
+(``validation_per_theta`` can instead take a few draws of every θ, stratified; the ``tiny``
+preset does so.)
 
 and ``train+validation`` is the paper's T.
 
@@ -51,7 +57,7 @@ SPLITS = ("train", "validation", "evaluation")
 # SeedSequence branches of the design, apart from the aggregate and image streams (which use
 # (seed,) and (seed, "STEM") as entropy): "DATA" then a stream number.
 _DESIGN_ENTROPY = 0x44415441
-_THETA_STREAM, _SPLIT_STREAM, _SHARD_STREAM = 1, 2, 3
+_THETA_STREAM, _SPLIT_STREAM, _SHARD_STREAM, _VALIDATION_STREAM = 1, 2, 3, 4
 # The paper's field of view: 512 pixels of 1.2 nm (hagg_tf.stem.DEFAULT_PIXEL_SIZE_NM).
 _PAPER_FIELD_OF_VIEW_NM = 512 * 1.2
 
@@ -72,7 +78,10 @@ class DatasetConfig:
         fractal_dimensions_per_triple: θ_Df values drawn (without replacement) per triple.
         samples_per_theta: aggregates (and images) per configuration θ.
         evaluation_per_theta: of those, how many go to E.
-        validation_per_theta: of the rest (T), how many go to the validation split.
+        validation_per_theta: of the rest (T), how many go to the validation split, for
+            every θ.
+        validation_thetas: whole configurations whose T-draws all go to the validation split
+            (so that ν-image validation samples exist).
         min_per_theta: the rule of Sec. 2.3 — every θ at least this often in T and in E.
         image_size: pixels per image edge.
         pixel_size_nm: pixel edge, nm; None keeps the paper's 614.4 nm field of view
@@ -87,7 +96,8 @@ class DatasetConfig:
     fractal_dimensions_per_triple: int = 2
     samples_per_theta: int = 50
     evaluation_per_theta: int = 20
-    validation_per_theta: int = 3
+    validation_per_theta: int = 0
+    validation_thetas: int = 65
     min_per_theta: int = 20
     image_size: int = 512
     pixel_size_nm: float | None = None
@@ -111,8 +121,14 @@ class DatasetConfig:
             raise ValueError(f"fractal_dimensions_per_triple must be in 1..."
                              f"{len(TABLE2_FRACTAL_DIMENSIONS)}, got "
                              f"{self.fractal_dimensions_per_triple}")
-        if min(self.evaluation_per_theta, self.validation_per_theta) < 0:
-            raise ValueError("evaluation_per_theta and validation_per_theta must be >= 0")
+        if min(self.evaluation_per_theta, self.validation_per_theta, self.validation_thetas) < 0:
+            raise ValueError(
+                "evaluation_per_theta, validation_per_theta and validation_thetas must be >= 0")
+        configurations = ((len(self.triples) if self.triples is not None else len(all_triples()))
+                          * self.fractal_dimensions_per_triple)
+        if self.validation_thetas >= configurations:
+            raise ValueError(f"validation_thetas={self.validation_thetas} leaves none of the "
+                             f"{configurations} configurations for training")
         if self.train_per_theta < 1:
             raise ValueError(
                 f"samples_per_theta={self.samples_per_theta} leaves no training draws after "
@@ -182,10 +198,10 @@ PRESETS = {
     "paper": DatasetConfig(),
     "tiny": DatasetConfig(triples=((0.9, 1, 6), (0.5, 3, 3), (0.1, 6, 1)),
                           samples_per_theta=8, evaluation_per_theta=3, validation_per_theta=1,
-                          min_per_theta=3, image_size=64, num_shards=2),
+                          validation_thetas=0, min_per_theta=3, image_size=64, num_shards=2),
     "small": DatasetConfig(triples=((0.9, 1, 6), (0.7, 2, 4), (0.5, 3, 3), (0.3, 4, 2),
                                     (0.1, 6, 1), (0.5, 6, 6)),
-                           samples_per_theta=24, evaluation_per_theta=8, validation_per_theta=2,
+                           samples_per_theta=24, evaluation_per_theta=8, validation_thetas=2,
                            min_per_theta=8, num_shards=4),
 }
 
@@ -275,6 +291,10 @@ def build_design(config: DatasetConfig) -> DatasetDesign:
     sample_split[(ranks >= config.evaluation_per_theta)
                  & (ranks < config.evaluation_per_theta + config.validation_per_theta)] = \
         SPLITS.index("validation")
+    validation_ids = _design_rng(config.seed, _VALIDATION_STREAM).choice(
+        len(rows), config.validation_thetas, replace=False)
+    sample_split[np.isin(sample_theta, validation_ids)
+                 & (sample_split != SPLITS.index("evaluation"))] = SPLITS.index("validation")
 
     shard_rng = _design_rng(config.seed, _SHARD_STREAM)
     shards = {}

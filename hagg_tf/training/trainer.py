@@ -20,9 +20,10 @@ samples, the paper's batch sizes 16 and 8) and fits with these callbacks:
 * A throughput meter: images per second over the training steps (the first
   ``warmup_steps`` steps, which include tracing, excluded).
 
-The multi-image networks need ν images of one θ per validation sample; a validation split with
-fewer than ν images of every θ (the paper preset has 3) cannot provide one. Then the run
-monitors the training loss instead (stated in ``training.json`` and printed).
+The multi-image networks need ν images of one θ per validation sample; the paper preset's
+validation split holds whole configurations for that reason. A validation split with fewer than
+ν images of every θ (the ``tiny`` preset) cannot provide one; then the run monitors the training
+loss instead (stated in ``training.json`` and printed).
 
 Distribution: ``strategy="mirrored"`` (all local GPUs) or ``"multi_worker"`` (every worker runs
 the same command with its ``TF_CONFIG``) builds and compiles the model in the strategy's scope;
