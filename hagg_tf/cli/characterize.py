@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from hagg_tf.cli import fail
+
 _MODELS = flags.DEFINE_string(
     "models", None, "Composite SavedModel (export base, model or version directory); default: "
     "the shipped saved_models/ ($HAGG_TF_MODELS overrides).")
@@ -47,10 +49,6 @@ _XYZ = flags.DEFINE_bool("xyz", True, "Also write the shadows as extended XYZ.")
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only the result lines.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def _default_output(inputs: list[str]) -> pathlib.Path:
     first = pathlib.Path(inputs[0])
@@ -68,14 +66,14 @@ def main(argv):
                                     load_stem_images)
 
     if not inputs:
-        _fail("no images given: hagg-characterize FOLDER | GLOB | FILES... (PNG or TIFF)")
+        fail("no images given: hagg-characterize FOLDER | GLOB | FILES... (PNG or TIFF)")
     if _SHADOWS.value < 1:
-        _fail(f"--shadows must be at least 1, got {_SHADOWS.value}")
+        fail(f"--shadows must be at least 1, got {_SHADOWS.value}")
     if _WORKERS.value is not None and _WORKERS.value < 1:
-        _fail(f"--workers must be at least 1, got {_WORKERS.value}")
+        fail(f"--workers must be at least 1, got {_WORKERS.value}")
     for flag in (_PIXEL_SIZE, _ELECTRONS, _DOSE):
         if flag.value is not None and not flag.value > 0:
-            _fail(f"--{flag.name} must be positive, got {flag.value}")
+            fail(f"--{flag.name} must be positive, got {flag.value}")
     # Everything that can be checked without TensorFlow is checked first: bad input fails in a
     # second, not after the few seconds TensorFlow takes to load.
     try:
@@ -84,14 +82,14 @@ def main(argv):
                                             electrons_per_pixel=_ELECTRONS.value,
                                             dose=_DOSE.value)
     except InputError as error:
-        _fail(str(error))
+        fail(str(error))
     try:
         version_dir, metadata = find_model(_MODELS.value)
     except (FileNotFoundError, ValueError) as error:
-        _fail(f"{error}; train and export networks (docs/learning.md) or give --models")
+        fail(f"{error}; train and export networks (docs/learning.md) or give --models")
     num_images = int(metadata["num_images"])
     if len(images) < num_images:
-        _fail(f"{len(images)} image(s) found, but the networks need at least nu = {num_images} "
+        fail(f"{len(images)} image(s) found, but the networks need at least nu = {num_images} "
               f"images of the sample ({', '.join(pathlib.Path(p).name for p in paths[:4])}"
               f"{' …' if len(paths) > 4 else ''})")
     output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else _default_output(inputs)
@@ -113,7 +111,7 @@ def main(argv):
         result = characterize(images, model=model, shadows=_SHADOWS.value, seed=_SEED.value,
                               workers=_WORKERS.value)
     except InputError as error:
-        _fail(str(error))
+        fail(str(error))
     result.timings.update(check_input=checked - started, import_tensorflow=imported - checked,
                           load_model=loaded - imported)
     result.warnings[:0] = warnings

@@ -17,9 +17,10 @@ Sec. 2.3 in one graph) and, with --per_network, <output>/<network>/<version>/ fo
 from __future__ import annotations
 
 import pathlib
-import sys
 
 from absl import app, flags
+
+from hagg_tf.cli import fail, reject_extra_arguments
 
 from hagg_tf.training.exporting import NETWORK_NAMES
 
@@ -43,25 +44,20 @@ _WHICH = flags.DEFINE_enum("which", "best", ["best", "last"], "Checkpoint of eac
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing versions.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     if (_RUNS.value is None) == (_FROM_COMPOSITE.value is None):
-        _fail("give exactly one of --runs (training runs) and --from_composite")
+        fail("give exactly one of --runs (training runs) and --from_composite")
     if not (_COMPOSITE.value or _PER_NETWORK.value):
-        _fail("nothing to do: --nocomposite without --per_network")
+        fail("nothing to do: --nocomposite without --per_network")
     if _VERSION.value < 1:
-        _fail(f"--version must be a positive integer, got {_VERSION.value}")
+        fail(f"--version must be a positive integer, got {_VERSION.value}")
     if _RUNS.value is not None:
         missing = [name for name in NETWORK_NAMES
                    if not (pathlib.Path(_RUNS.value) / name / "last.keras").is_file()]
         if missing:
-            _fail(f"{_RUNS.value}: no finished run of {', '.join(missing)} "
+            fail(f"{_RUNS.value}: no finished run of {', '.join(missing)} "
                   "(expected <runs>/<network>/last.keras from hagg-train)")
     from hagg_tf.training.exporting import export_from_composite, export_from_runs
     from hagg_tf.training.runtime import import_tensorflow_quietly
@@ -81,7 +77,7 @@ def main(argv):
                 overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
                 composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value)
     except (FileExistsError, FileNotFoundError, ValueError) as error:
-        _fail(str(error))
+        fail(str(error))
     for key, path in written.items():
         if key != "model_card":
             size = sum(item.stat().st_size for item in pathlib.Path(path).rglob("*")

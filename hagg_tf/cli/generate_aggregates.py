@@ -14,6 +14,8 @@ import time
 
 from absl import app, flags
 
+from hagg_tf.cli import fail, reject_extra_arguments
+
 from hagg_tf.model import batch, io
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters, ParameterError, table2_grid
 
@@ -37,20 +39,15 @@ _RADIUS_STD = flags.DEFINE_float("radius_std", 3.0, "Standard deviation of the r
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     if _COUNT.value < 1:
-        _fail(f"--count must be at least 1, got {_COUNT.value}")
+        fail(f"--count must be at least 1, got {_COUNT.value}")
     if _WORKERS.value < 1:
-        _fail(f"--workers must be at least 1, got {_WORKERS.value}")
+        fail(f"--workers must be at least 1, got {_WORKERS.value}")
     if _PART_SIZE.value < 1:
-        _fail(f"--part_size must be at least 1, got {_PART_SIZE.value}")
+        fail(f"--part_size must be at least 1, got {_PART_SIZE.value}")
     try:
         config = GeneratorConfig(radius_mean=_RADIUS_MEAN.value, radius_std=_RADIUS_STD.value,
                                  min_size=_MIN_SIZE.value, max_size=_MAX_SIZE.value)
@@ -58,7 +55,7 @@ def main(argv):
             try:
                 values = [float(value) for value in _THETA.value.split(",")]
             except ValueError:
-                _fail(f"--theta must be four comma-separated numbers, got {_THETA.value!r}")
+                fail(f"--theta must be four comma-separated numbers, got {_THETA.value!r}")
             theta = ModelParameters.from_sequence(values)
             params_of, total = (lambda index: theta), _COUNT.value
         elif _GRID.value == "table2":
@@ -69,7 +66,7 @@ def main(argv):
             seed = _SEED.value
             params_of, total = (lambda index: batch.random_table2_params(seed, index)), _COUNT.value
     except ParameterError as error:
-        _fail(str(error))
+        fail(str(error))
 
     started = time.perf_counter()
     try:
@@ -78,7 +75,7 @@ def main(argv):
             _PART_SIZE.value, settings={"command": " ".join(sys.argv), "grid": _GRID.value},
             progress=_PROGRESS.value)
     except (ValueError, OSError) as error:
-        _fail(str(error))
+        fail(str(error))
     elapsed = time.perf_counter() - started
     print(f"{total} aggregates in {_OUTPUT.value} ({elapsed:.1f} s, {_WORKERS.value} workers)")
     print("restarts per θ_Df (share of aggregates restarted, mean restarts):")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from hagg_tf.cli import fail, reject_extra_arguments
+
 from hagg_tf.model.batch import default_workers
 
 _PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "small", "tiny"],
@@ -46,10 +48,6 @@ _VERIFY_ONLY = flags.DEFINE_bool("verify_only", False,
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def _disk_bytes(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
@@ -65,8 +63,7 @@ def _print_manifest(manifest: dict, directory: Path) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the writer imports TensorFlow
     from hagg_tf.data import DatasetError, design, generate_dataset, verify_dataset
     from hagg_tf.stem import TableError
@@ -76,25 +73,25 @@ def main(argv):
         try:
             manifest = verify_dataset(output, level="checksum")
         except DatasetError as error:
-            _fail(str(error))
+            fail(str(error))
         print(f"{output}: {manifest['records']} records, every shard matches the manifest")
         _print_manifest(manifest, output)
         return
 
     if _WORKERS.value < 1:
-        _fail(f"--workers must be at least 1, got {_WORKERS.value}")
+        fail(f"--workers must be at least 1, got {_WORKERS.value}")
     overrides = {key: flag.value for key, flag in (
         ("seed", _SEED), ("num_shards", _NUM_SHARDS), ("image_size", _IMAGE_SIZE),
         ("pixel_size_nm", _PIXEL_SIZE)) if flag.value is not None}
     try:
         config = design.preset(_PRESET.value, **overrides)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     if not -1 <= _SHARD_INDEX.value < config.num_shards:
-        _fail(f"--shard_index must be -1 (all) or in 0..{config.num_shards - 1}, "
+        fail(f"--shard_index must be -1 (all) or in 0..{config.num_shards - 1}, "
               f"got {_SHARD_INDEX.value}")
     if _TABLES.value is not None and not Path(_TABLES.value).is_file():
-        _fail(f"--tables: no such file: {_TABLES.value}")
+        fail(f"--tables: no such file: {_TABLES.value}")
     shards = None if _SHARD_INDEX.value < 0 else [_SHARD_INDEX.value]
 
     started = time.perf_counter()
@@ -103,7 +100,7 @@ def main(argv):
                                   tables_path=_TABLES.value, progress=_PROGRESS.value,
                                   command=" ".join(sys.argv))
     except (DatasetError, TableError, ValueError, OSError) as error:
-        _fail(str(error))
+        fail(str(error))
     elapsed = time.perf_counter() - started
     print(f"{report.records_written} samples in {len(report.written)} shard files written, "
           f"{len(report.skipped)} already complete ({elapsed:.1f} s, {_WORKERS.value} workers)")

@@ -7,10 +7,11 @@ Examples:
 """
 
 import json
-import sys
 from pathlib import Path
 
 from absl import app, flags
+
+from hagg_tf.cli import fail, reject_extra_arguments
 
 from hagg_tf.model import batch, io
 from hagg_tf.model.generator import sample_aggregate
@@ -30,10 +31,6 @@ _FIG2_THETAS = [(1.5, 0.3, 3, 1), (1.8, 0.5, 2, 2), (2.0, 0.7, 1, 4), (2.2, 0.2,
                 (2.4, 0.6, 4, 6), (2.5, 0.9, 6, 1)]
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def _fig2_aggregates():
     if _INPUT.value is None:
@@ -47,10 +44,9 @@ def _fig2_aggregates():
 
 
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     if _COUNT.value < 1 or _PER_VALUE.value < 2:
-        _fail("--count must be >= 1 and --per_value >= 2")
+        fail("--count must be >= 1 and --per_value >= 2")
     from hagg_tf.evaluation import figures, model_statistics
 
     output = Path(_OUTPUT.value)
@@ -74,7 +70,7 @@ def main(argv):
                     print(f"  {row['preset']:.1f}  {row['mean']:.3f}  {row['std']:.3f}  "
                           f"({row['count']})")
     except (OSError, ValueError, ImportError) as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 def run():

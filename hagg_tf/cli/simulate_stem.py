@@ -23,6 +23,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from hagg_tf.cli import fail
+
 from hagg_tf.stem import render as render_module
 
 _AGGREGATES = flags.DEFINE_list("aggregates", None,
@@ -58,10 +60,6 @@ _worker_tables = None
 class InputError(Exception):
     """Bad user input; reported as one line, exit status 2."""
 
-
-def _fail(message: str) -> None:
-    print(f"simulate_stem: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _load_tables(path, detector):
@@ -180,7 +178,7 @@ def main(argv):
         out_dir.mkdir(parents=True, exist_ok=True)
         results = _run(jobs, tables)
     except InputError as error:
-        _fail(str(error))
+        fail(str(error))
     outside = sum(result["particles_outside"] > 0 for result in results)
     saturated = sum(result["saturated"] > 0 for result in results)
     summary = {"images": len(results), "out_dir": str(out_dir), "aggregates_cut_by_border": outside,

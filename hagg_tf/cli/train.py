@@ -21,9 +21,10 @@ starts over).
 from __future__ import annotations
 
 import math
-import sys
 
 from absl import app, flags
+
+from hagg_tf.cli import fail, reject_extra_arguments
 
 _NETWORKS = ("fractal_dimension", "mixing_ratio_regressor", "mixing_ratio_classifier",
              "wo3_cluster_size", "tio2_cluster_size")
@@ -54,20 +55,15 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing run and s
 _VERBOSE = flags.DEFINE_integer("verbose", 2, "0 silent, 1 progress bar, 2 a line per epoch.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     if _NETWORK.value is None:
-        _fail(f"--network is required: one of {', '.join(_NETWORKS)}")
+        fail(f"--network is required: one of {', '.join(_NETWORKS)}")
     for flag, minimum in ((_EPOCHS, 1), (_STEPS, 1), (_VALIDATION_STEPS, 1), (_BATCH, 1),
                           (_NUM_IMAGES, 1), (_PATIENCE, 0), (_BACKUP_STEPS, 1)):
         if flag.value is not None and flag.value < minimum:
-            _fail(f"--{flag.name} must be at least {minimum}, got {flag.value}")
+            fail(f"--{flag.name} must be at least {minimum}, got {flag.value}")
     from hagg_tf.data import DatasetError
     from hagg_tf.training import TrainingError, train_network
 
@@ -82,7 +78,7 @@ def main(argv):
             verify=_VERIFY.value, stack_strategy=_STACK.value, overwrite=_OVERWRITE.value,
             verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     if result.already_complete:
         print(f"{output}: this run finished before (epoch {result.final_epoch}); nothing to do "
               "(--overwrite starts over, a larger --epochs continues)")
