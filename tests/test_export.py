@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_images import ELECTRONS_PER_PIXEL, synthetic_counts
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -20,28 +21,13 @@ pytestmark = pytest.mark.filterwarnings(
 
 SMALL = networks.minimum_image_size()
 NU = 3  # small stack for fast multi-image exports
-ELECTRONS_PER_PIXEL = 21_456.0  # 149 e/Å² on (1.2 nm)² pixels
-
-
-def _synthetic_counts(rng, leading_shape, size=SMALL):
-    """uint16 detector counts: a dark background (p below t) with a few bright and dim discs,
-    so that the 1/p inversion of CNN^1 has pixels on both sides of the threshold."""
-    yy, xx = np.mgrid[:size, :size]
-    intensity = np.zeros(leading_shape + (size, size))
-    for index in np.ndindex(*leading_shape):
-        for _ in range(4):
-            cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
-            radius = rng.uniform(5, 20)
-            level = rng.choice([0.004, 0.02, 0.15])  # TiO2-like, mid, WO3-like fractions
-            intensity[index] += level * ((yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2)
-    return rng.poisson(intensity * ELECTRONS_PER_PIXEL).astype(np.uint16)
 
 
 # ----------------------------------------------------------------------------- preprocessing
 
 def test_preprocessing_scales_per_image_to_256_levels():
     rng = np.random.default_rng(0)
-    counts = _synthetic_counts(rng, (3,))
+    counts = synthetic_counts(rng, (3,), SMALL)
     out = preprocess_images_numpy(counts)
     assert out.dtype == np.float32 and out.shape == counts.shape
     for image in out:
@@ -75,7 +61,7 @@ def test_inversion_replaces_pixels_above_threshold_by_their_inverse():
 @pytest.mark.parametrize("invert", [False, True])
 def test_tensorflow_preprocessing_equals_numpy_reference(dtype, invert):
     rng = np.random.default_rng(1)
-    counts = _synthetic_counts(rng, (2, NU)).astype(dtype)
+    counts = synthetic_counts(rng, (2, NU), SMALL).astype(dtype)
     dose = rng.uniform(0.9, 1.1, (2, NU)) * ELECTRONS_PER_PIXEL
     kwargs = {"inversion_threshold": INVERSION_THRESHOLD if invert else None}
     reference = preprocess_images_numpy(counts, dose, **kwargs)
@@ -85,7 +71,7 @@ def test_tensorflow_preprocessing_equals_numpy_reference(dtype, invert):
 
 def test_preprocessing_runs_in_tf_data():
     rng = np.random.default_rng(2)
-    counts = _synthetic_counts(rng, (4,))
+    counts = synthetic_counts(rng, (4,), SMALL)
     config = ImagePreprocessing.for_network("tio2_cluster_size")
     dataset = tf.data.Dataset.from_tensor_slices(
         (counts, np.full(4, ELECTRONS_PER_PIXEL, np.float32))).map(config).batch(4)
@@ -119,7 +105,7 @@ def test_export_reloads_with_plain_tensorflow(tmp_path, name):
 
     rng = np.random.default_rng(5)
     leading = (2, NU) if spec.multi_image else (2,)
-    counts = _synthetic_counts(rng, leading)
+    counts = synthetic_counts(rng, leading, SMALL)
     dose = np.full(leading, ELECTRONS_PER_PIXEL, np.float32)
     threshold = INVERSION_THRESHOLD if spec.invert_intensities else None
     network_input = preprocess_images_numpy(counts, dose, inversion_threshold=threshold)[..., None]

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_images import ELECTRONS_PER_PIXEL, synthetic_counts
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -24,20 +25,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 SMALL = networks.minimum_image_size()
 NU = 3
-ELECTRONS_PER_PIXEL = 21_456.0
-
-
-def synthetic_counts(rng, leading_shape, size=SMALL):
-    """Dark background with bright (WO3-like) and dim (TiO2-like) discs, as detector counts."""
-    yy, xx = np.mgrid[:size, :size]
-    intensity = np.zeros(leading_shape + (size, size))
-    for index in np.ndindex(*leading_shape):
-        for _ in range(5):
-            cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
-            radius = rng.uniform(4, 18)
-            intensity[index] += rng.choice([0.004, 0.02, 0.15]) * (
-                (yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2)
-    return rng.poisson(intensity * ELECTRONS_PER_PIXEL).astype(np.uint16)
 
 
 def make_networks(seed=0, num_images=NU):
@@ -83,7 +70,7 @@ def test_composite_matches_the_keras_networks(exported):
 
     rng = np.random.default_rng(1)
     for available in (NU, NU + 2):  # n = ν: one stack; n > ν: n cyclic ν-subsets
-        counts = synthetic_counts(rng, (2, available))
+        counts = synthetic_counts(rng, (2, available), SMALL)
         electrons = np.full((2, available), ELECTRONS_PER_PIXEL, np.float32)
         outputs = {key: value.numpy() for key, value in serve(
             images=tf.constant(counts, tf.float32),
@@ -138,7 +125,7 @@ def test_metadata_and_weights_round_trip(exported):
     weights = load_network_weights(model.saved_model)
     rebuilt = networks.build_network("wo3_cluster_size", SMALL, num_images=NU)
     set_network_weights(rebuilt, weights["wo3_cluster_size"])
-    images = preprocess_images_numpy(synthetic_counts(np.random.default_rng(2), (2, NU)))
+    images = preprocess_images_numpy(synthetic_counts(np.random.default_rng(2), (2, NU), SMALL))
     np.testing.assert_array_equal(
         np.asarray(rebuilt(images[..., None], training=False)),
         np.asarray(models["wo3_cluster_size"](images[..., None], training=False)))
@@ -159,7 +146,7 @@ def test_float16_kernels_halve_the_weights_and_change_little(exported):
     full = CharacterizeModule(weights, settings, SMALL, NU, kernel_dtype="float32")
     assert stored_bytes(half) < 0.51 * stored_bytes(full)
     rng = np.random.default_rng(3)
-    counts = synthetic_counts(rng, (2, NU + 1)).astype(np.float32)
+    counts = synthetic_counts(rng, (2, NU + 1), SMALL).astype(np.float32)
     electrons = np.full((2, NU + 1), ELECTRONS_PER_PIXEL, np.float32)
     full_out = model.outputs(counts, electrons)
     half_out = {key: value.numpy() for key, value in half.serve(counts, electrons).items()}

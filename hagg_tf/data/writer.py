@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import json
 import multiprocessing
 import os
@@ -75,15 +74,10 @@ def _tables_settings(tables_path: str | None) -> dict:
     from hagg_tf.stem import load_tables
 
     tables = load_tables(tables_path)  # raises TableError naming the file if unusable
-    if tables_path is None:
-        resource = importlib.resources.files("hagg_tf.stem") / "data" / "haadf_tables.csv"
-        data = resource.read_bytes()
-        source = "shipped:hagg_tf/stem/data/haadf_tables.csv"
-    else:
-        data = Path(tables_path).read_bytes()
-        source = str(Path(tables_path).resolve())
-    return {"source": source, "sha256": hashlib.sha256(data).hexdigest(),
-            "column": tables.column, "tables": len(tables)}
+    source = ("shipped:hagg_tf/stem/data/haadf_tables.csv" if tables_path is None
+              else str(Path(tables_path).resolve()))
+    return {"source": source, "sha256": tables.sha256, "column": tables.column,
+            "tables": len(tables)}
 
 
 def dataset_settings(config: DatasetConfig, tables_path: str | None = None) -> dict:
