@@ -123,6 +123,12 @@ def main(argv):
     if placeholder:
         print(textwrap.fill(placeholder, width=100, initial_indent="NOTE: ",
                             subsequent_indent="      "))
+    elif not _QUIET.value and model.model_card.get("summary"):
+        card = model.model_card
+        print(textwrap.fill(f"networks: {card['summary']}"
+                            + (f"; measured {card['accuracy_summary']}"
+                               if card.get("accuracy_summary") else ""),
+                            width=100, subsequent_indent="      "))
     if not _QUIET.value:
         size = model.image_size
         print(f"{len(images)} images → {size}×{size} px at {model.pixel_size_nm or '?'} nm/px; "

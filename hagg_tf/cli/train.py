@@ -13,6 +13,12 @@ Networks: fractal_dimension (CNN^Df), mixing_ratio_regressor (CNN^ρ_reg),
 mixing_ratio_classifier (CNN^ρ_class), wo3_cluster_size (CNN^0), tio2_cluster_size (CNN^1).
 Adam with learning rate 1e-4, the paper's losses and batch sizes (16; 8 samples of ν images).
 
+CPU budget path (docs/learning.md): --architecture=compact --pooled_cache=work/cache/paper_pool4
+trains the compact variant from a decoded, preprocessed, 4×4-pooled copy of the database (built
+on first use, resumable), e.g.
+  hagg-train --network=fractal_dimension --architecture=compact \
+    --pooled_cache=work/cache/paper_pool4 --learning_rate=3e-4 --batch_size=32 --patience=4
+
 The run directory (default work/training/<network>) gets backup/ (resume state), best.keras,
 last.keras, history.csv, logs/ (TensorBoard) and training.json. After an interruption, rerun
 the same command: it resumes from the last backup. A finished run is left alone (--overwrite
@@ -51,6 +57,22 @@ _VERIFY = flags.DEFINE_enum("verify", "checksum", ["checksum", "size", "none"],
                             "Check of the database files before training.")
 _STACK = flags.DEFINE_enum("stack_strategy", "fold_batch", ["fold_batch", "time_distributed"],
                            "How multi-image networks apply f (see docs/networks.md).")
+_ARCHITECTURE = flags.DEFINE_enum("architecture", "table3", ["table3", "compact"],
+                                  "Feature extractor: the paper's Table 3 or the compact CPU "
+                                  "variant (docs/learning.md).")
+_POOLED_CACHE = flags.DEFINE_string(
+    "pooled_cache", None, "Train from this pooled cache of --dataset (built if missing) instead "
+    "of the TFRecord pipeline; needed for --architecture=compact.")
+_MAX_WALL = flags.DEFINE_float("max_wall_minutes", None,
+                               "Pooled runs: stop after the epoch that ends past this budget; "
+                               "a rerun resumes.")
+_WORKERS = flags.DEFINE_integer("workers", 2, "Processes building the pooled cache.")
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "Pooled runs: start f from the best checkpoint of this run directory "
+    "(another network, same architecture).")
+_CALIBRATION = flags.DEFINE_integer("calibration_batches", 64,
+                                    "Pooled runs: training batches averaged when batch norm is "
+                                    "re-estimated at the end of every epoch.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing run and start over.")
 _VERBOSE = flags.DEFINE_integer("verbose", 2, "0 silent, 1 progress bar, 2 a line per epoch.")
 
@@ -61,22 +83,30 @@ def main(argv):
     if _NETWORK.value is None:
         fail(f"--network is required: one of {', '.join(_NETWORKS)}")
     for flag, minimum in ((_EPOCHS, 1), (_STEPS, 1), (_VALIDATION_STEPS, 1), (_BATCH, 1),
-                          (_NUM_IMAGES, 1), (_PATIENCE, 0), (_BACKUP_STEPS, 1)):
+                          (_NUM_IMAGES, 1), (_PATIENCE, 0), (_BACKUP_STEPS, 1),
+                          (_CALIBRATION, 1)):
         if flag.value is not None and flag.value < minimum:
             fail(f"--{flag.name} must be at least {minimum}, got {flag.value}")
     from hagg_tf.data import DatasetError
     from hagg_tf.training import TrainingError, train_network
 
     output = _OUTPUT.value or f"work/training/{_NETWORK.value}"
+    if _ARCHITECTURE.value != "table3" and _POOLED_CACHE.value is None:
+        fail(f"--architecture={_ARCHITECTURE.value} trains from a pooled cache: give "
+             "--pooled_cache=<directory>")
     try:
-        result = train_network(
+        if _POOLED_CACHE.value is not None:
+            result = _train_pooled(output)
+        else:
+            result = train_network(
             _NETWORK.value, _DATASET.value, output, epochs=_EPOCHS.value,
             steps_per_epoch=_STEPS.value, validation_steps=_VALIDATION_STEPS.value,
             batch_size=_BATCH.value, num_images=_NUM_IMAGES.value,
-            learning_rate=_LEARNING_RATE.value, seed=_SEED.value, patience=_PATIENCE.value,
-            strategy=_STRATEGY.value, backup_every_steps=_BACKUP_STEPS.value,
-            verify=_VERIFY.value, stack_strategy=_STACK.value, overwrite=_OVERWRITE.value,
-            verbose=_VERBOSE.value)
+                learning_rate=_LEARNING_RATE.value, seed=_SEED.value,
+                patience=_PATIENCE.value, strategy=_STRATEGY.value,
+                backup_every_steps=_BACKUP_STEPS.value, verify=_VERIFY.value,
+                stack_strategy=_STACK.value, overwrite=_OVERWRITE.value,
+                verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, FileNotFoundError) as error:
         fail(str(error))
     if result.already_complete:
@@ -88,6 +118,28 @@ def main(argv):
     print(f"{_NETWORK.value}: epochs {result.initial_epoch}→{result.final_epoch}"
           f"{' (stopped early)' if result.stopped_early else ''}, {throughput}; best by "
           f"{result.monitor}: {result.best_model}; last: {result.last_model}")
+
+
+def _train_pooled(output):
+    """The pooled-cache path: build (or complete) the cache, then train from it."""
+    import pathlib
+
+    from hagg_tf import networks
+    from hagg_tf.data.pooled import build_pooled_cache
+    from hagg_tf.training.pooled import train_pooled_network
+
+    if _OVERWRITE.value and pathlib.Path(output).exists():
+        fail(f"{output} exists; --overwrite is not supported with --pooled_cache (delete it)")
+    pooling = networks.get_architecture(_ARCHITECTURE.value).input_pooling
+    build_pooled_cache(_DATASET.value, _POOLED_CACHE.value, pooling, workers=_WORKERS.value)
+    return train_pooled_network(
+        _NETWORK.value, _POOLED_CACHE.value, output, architecture=_ARCHITECTURE.value,
+        epochs=_EPOCHS.value, batch_size=_BATCH.value, learning_rate=_LEARNING_RATE.value,
+        num_images=_NUM_IMAGES.value, seed=_SEED.value, patience=_PATIENCE.value,
+        dataset_dir=_DATASET.value, steps_per_epoch=_STEPS.value,
+        calibration_batches=_CALIBRATION.value, init_from=_INIT_FROM.value,
+        max_wall_seconds=None if _MAX_WALL.value is None else 60 * _MAX_WALL.value,
+        verbose=_VERBOSE.value)
 
 
 def run():

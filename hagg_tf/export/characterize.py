@@ -61,7 +61,8 @@ import tensorflow as tf
 from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, METADATA_FORMAT,
                                       resolve_version_dir)
 from hagg_tf.export.saved_model import DOSE_INPUT, IMAGES_INPUT, METADATA_FILENAME, UINT16_ENDPOINT
-from hagg_tf.networks.architecture import (FEATURE_EXTRACTOR_PLAN, NETWORK_SPECS,
+from hagg_tf.networks.architecture import (DEFAULT_ARCHITECTURE, NETWORK_SPECS,
+                                           architecture_of, get_architecture,
                                            get_feature_extractor, network_spec)
 from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, NUM_LEVELS, preprocess_images
 
@@ -148,6 +149,7 @@ def _network_settings(model) -> dict[str, Any]:
                 if layer.name.startswith("f_batch_norm_")]
     output_layer = model.get_layer(spec.output_name)
     settings = {"epsilon": epsilons, "activation": spec.output_activation,
+                "architecture": architecture_of(model).name,
                 "input_shape": [None if size is None else int(size)
                                 for size in model.input_shape]}
     if spec.output_activation == "scaled_sigmoid":
@@ -183,9 +185,13 @@ class _NetworkGraph(tf.Module):
 
     def features(self, images: tf.Tensor) -> tf.Tensor:
         """f (Table 3, layers 0–17): ``(m, H, W, 1)`` preprocessed images → ``(m, 112)``."""
-        hidden = tf.nn.avg_pool2d(images, ksize=2, strides=2, padding="VALID")
+        # Exports written before architectures existed are Table 3.
+        architecture = get_architecture(self.settings.get("architecture", DEFAULT_ARCHITECTURE))
+        pooling = architecture.input_pooling
+        padding = architecture.padding.upper()
+        hidden = tf.nn.avg_pool2d(images, ksize=pooling, strides=pooling, padding="VALID")
         block = 0
-        for entry in FEATURE_EXTRACTOR_PLAN:
+        for entry in architecture.plan:
             if entry == "max_pool":
                 hidden = tf.nn.max_pool2d(hidden, ksize=2, strides=2, padding="VALID")
                 continue
@@ -197,9 +203,9 @@ class _NetworkGraph(tf.Module):
             bias = ((self._get(f"f_conv_{block}/bias") - self._get(f"{norm}/moving_mean")) * scale
                     + self._get(f"{norm}/beta"))
             hidden = tf.nn.relu(tf.nn.bias_add(
-                tf.nn.conv2d(hidden, kernel, strides=1, padding="VALID"), bias))
+                tf.nn.conv2d(hidden, kernel, strides=1, padding=padding), bias))
         hidden = tf.reshape(hidden, [tf.shape(hidden)[0], -1])  # H, W, C order, as Keras Flatten
-        for layer in ("f_dense_224", "f_dense_112"):
+        for layer in (f"f_dense_{units}" for units in architecture.dense_units):
             hidden = tf.nn.relu(tf.matmul(hidden, self._get(f"{layer}/kernel"))
                                 + self._get(f"{layer}/bias"))
         return hidden
@@ -473,6 +479,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
         "outputs": OUTPUT_SHAPES,
         "image_size": image_size,
         "num_images": num_images,
+        "architecture": settings[NETWORK_ORDER[0]]["architecture"],
         "pixel_size_nm": pixel_size_nm,
         "kernel_dtype": kernel_dtype,
         "preprocessing": {"num_levels": module.num_levels,
@@ -495,7 +502,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
 def load_network_weights(source) -> dict[str, dict[str, np.ndarray]]:
     """The Keras weights of the five networks stored in a composite export, as float32.
 
-    With ``set_network_weights(build_network(name, image_size, num_images), weights[name])`` the
+    With ``set_network_weights(build_network(name, image_size, num_images, architecture=...),
+    weights[name])`` (the architecture is in the metadata) the
     Keras networks come back (bit-exact for ``kernel_dtype="float32"``; kernels rounded to
     float16 otherwise). ``tools/export_models.py`` uses this to recreate per-network exports.
 

@@ -11,7 +11,9 @@ Needs the ``ml`` extra (tensorflow, keras). Typical use::
     x = networks.preprocess_images(counts)[..., None]              # counts: (b, 512, 512)
     d_f = model(x, training=False)                                 # (b, 1)
 """
-from hagg_tf.networks.architecture import (DEFAULT_IMAGE_SIZE, DEFAULT_NUM_IMAGES, FEATURE_DIM,
+from hagg_tf.networks.architecture import (ARCHITECTURES, DEFAULT_ARCHITECTURE,
+                                           DEFAULT_IMAGE_SIZE, Architecture, architecture_of,
+                                           get_architecture, DEFAULT_NUM_IMAGES, FEATURE_DIM,
                                            LEARNING_RATE, MULTI_IMAGE_BATCH_SIZE, NETWORK_SPECS,
                                            SINGLE_IMAGE_BATCH_SIZE, STACK_STRATEGIES, NetworkSpec,
                                            build_feature_extractor, build_network,
@@ -24,6 +26,8 @@ from hagg_tf.networks.preprocessing import (INVERSION_THRESHOLD, NUM_LEVELS, Ima
                                             preprocess_images_numpy, scale_and_quantize)
 
 __all__ = [
+    "ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "architecture_of",
+    "get_architecture",
     "DEFAULT_IMAGE_SIZE", "DEFAULT_NUM_IMAGES", "FEATURE_DIM", "LEARNING_RATE",
     "MULTI_IMAGE_BATCH_SIZE", "NETWORK_SPECS", "SINGLE_IMAGE_BATCH_SIZE", "STACK_STRATEGIES",
     "NetworkSpec", "build_feature_extractor", "build_network", "compile_network",

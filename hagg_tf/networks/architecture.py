@@ -52,6 +52,80 @@ STACK_STRATEGIES = ("fold_batch", "time_distributed")
 
 
 @dataclasses.dataclass(frozen=True)
+class Architecture:
+    """The layers of a feature extractor f; g (dense 44, dense 1) is the same for all.
+
+    Attributes:
+        name: key of :data:`ARCHITECTURES`.
+        input_pooling: side of the average pooling in front of the convolutions (pixels).
+        plan: convolution channels in order; ``"max_pool"`` marks a 2×2 max-pooling layer. Every
+            convolution is 3×3 + batch normalisation + ReLU.
+        padding: ``"valid"`` (each convolution loses 2 px) or ``"same"``.
+        dense_units: units of the dense layers closing f; the last one is the feature
+            dimension (112 for every architecture, so the heads of Table 3 apply unchanged).
+        description: one line for documentation and model cards.
+    """
+
+    name: str
+    input_pooling: int
+    plan: tuple
+    padding: str
+    dense_units: tuple
+    description: str
+
+    def feature_map_sizes(self, image_size: int) -> Optional[list[int]]:
+        """Side after the input pooling and after every conv / max pooling; None if one is 0."""
+        size = int(image_size) // self.input_pooling
+        sizes = [size]
+        for entry in self.plan:
+            if entry == "max_pool":
+                size //= 2
+            elif self.padding == "valid":
+                size -= 2
+            sizes.append(size)
+            if size < 1:
+                return None
+        return sizes if size >= 1 else None
+
+
+#: Feature extractors by name. ``table3`` is the paper's (the default everywhere); ``compact``
+#: is a CPU-budget variant (docs/learning.md): 4×4 average pooling (4.8 nm pixels at the
+#: database's 1.2 nm, a mean particle radius still spans 2.5 px), "same" convolutions and a max
+#: pooling after almost every one, about 4 % of Table 3's multiply-adds per image.
+ARCHITECTURES = {
+    arch.name: arch for arch in (
+        Architecture("table3", 2, FEATURE_EXTRACTOR_PLAN, "valid", FEATURE_DENSE_UNITS,
+                     "the paper's Table 3: 2x2 average pooling, nine 3x3 valid convolutions "
+                     "8-256 channels, dense 224 and 112 (4.9 GFLOP per 512 px image)"),
+        Architecture("compact", 4,
+                     (16, "max_pool", 32, "max_pool", 64, 64, "max_pool", 128, "max_pool",
+                      128, "max_pool"),
+                     "same", FEATURE_DENSE_UNITS,
+                     "CPU variant: 4x4 average pooling, six 3x3 same convolutions 16-128 "
+                     "channels with five max poolings, dense 224 and 112 (0.21 GFLOP per 512 px "
+                     "image)"),
+    )
+}
+#: Architecture used unless another is asked for.
+DEFAULT_ARCHITECTURE = "table3"
+
+
+def get_architecture(architecture) -> Architecture:
+    """The :class:`Architecture` named ``architecture`` (or ``architecture`` itself).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if isinstance(architecture, Architecture):
+        return architecture
+    try:
+        return ARCHITECTURES[architecture]
+    except KeyError:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of "
+                         f"{sorted(ARCHITECTURES)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class NetworkSpec:
     """What distinguishes one of the paper's networks from the basic architecture.
 
@@ -128,52 +202,46 @@ def network_spec(name: str) -> NetworkSpec:
         raise KeyError(f"unknown network {name!r}; choose one of {sorted(NETWORK_SPECS)}") from None
 
 
-def _feature_map_sizes_or_none(image_size: int) -> Optional[list[int]]:
-    size = int(image_size) // 2  # 2×2 average pooling, stride 2, no padding
-    sizes = [size]
-    for entry in FEATURE_EXTRACTOR_PLAN:
-        size = size // 2 if entry == "max_pool" else size - 2  # a 3×3 valid conv loses 2 px
-        if size < 1:
-            return None
-        sizes.append(size)
-    return sizes
-
-
-def minimum_image_size() -> int:
+def minimum_image_size(architecture=DEFAULT_ARCHITECTURE) -> int:
     """Smallest square input side (pixels) for which every layer of f has a non-empty output.
 
-    It is 156: 156 → 78 → 76, 74, 72 → 36 → 34, 32 → 16 → 14, 12 → 6 → 4, 2 → 1, i.e. the last
-    max pooling sees a 2×2 map. Fast tests use this size.
+    It is 156 for Table 3: 156 → 78 → 76, 74, 72 → 36 → 34, 32 → 16 → 14, 12 → 6 → 4, 2 → 1,
+    i.e. the last max pooling sees a 2×2 map (fast tests use this size); 128 for ``compact``.
     """
+    architecture = get_architecture(architecture)
     size = 1
-    while _feature_map_sizes_or_none(size) is None:
+    while architecture.feature_map_sizes(size) is None:
         size += 1
     return size
 
 
-def feature_map_sizes(image_size: int) -> list[int]:
+def feature_map_sizes(image_size: int, architecture=DEFAULT_ARCHITECTURE) -> list[int]:
     """Spatial side length after each spatial layer of f, for a square input.
 
     Args:
         image_size: Input side length in pixels.
+        architecture: name or :class:`Architecture`.
 
     Returns:
         Side lengths after the average pooling and after every convolution / max pooling of f, in
-        order (14 values; ``[256, 254, 252, 250, 125, ..., 12]`` for 512 px).
+        order (14 values for Table 3: ``[256, 254, 252, 250, 125, ..., 12]`` for 512 px).
 
     Raises:
         ValueError: Some layer would produce an empty feature map.
     """
-    sizes = _feature_map_sizes_or_none(image_size)
+    architecture = get_architecture(architecture)
+    sizes = architecture.feature_map_sizes(image_size)
     if sizes is None:
         raise ValueError(
-            f"image_size={image_size} is too small for f: its valid convolutions and poolings "
-            f"leave no pixels; the smallest usable size is {minimum_image_size()}")
+            f"image_size={image_size} is too small for f ({architecture.name}): its "
+            f"convolutions and poolings leave no pixels; the smallest usable size is "
+            f"{minimum_image_size(architecture)}")
     return sizes
 
 
-def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE, name: str = "f") -> keras.Model:
-    """Builds the feature extractor f of Table 3 (layers 0–17).
+def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE, name: str = "f",
+                            architecture=DEFAULT_ARCHITECTURE) -> keras.Model:
+    """Builds the feature extractor f of Table 3 (layers 0–17), or of another architecture.
 
     Layer names: ``f_average_pooling``; ``f_conv_k``, ``f_batch_norm_k``, ``f_relu_k`` for the
     k-th convolution block (k = 1..9); ``f_max_pooling_j`` (j = 1..4); ``f_flatten``;
@@ -186,31 +254,54 @@ def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE, name: str = "f
         image_size: Side of the square input in pixels (512 in the paper; at least
             :func:`minimum_image_size`).
         name: Name of the returned model.
+        architecture: name or :class:`Architecture` (default Table 3). Layer names follow the
+            same scheme for every architecture.
 
     Returns:
         A functional ``keras.Model`` mapping ``(batch, image_size, image_size, 1)`` preprocessed
         images to ``(batch, 112)`` features.
     """
-    feature_map_sizes(image_size)  # fail early with a clear message
+    architecture = get_architecture(architecture)
+    feature_map_sizes(image_size, architecture)  # fail early with a clear message
     images = keras.Input(shape=(image_size, image_size, 1), name="f_input")
-    features = keras.layers.AveragePooling2D(pool_size=2, name="f_average_pooling")(images)
+    features = keras.layers.AveragePooling2D(pool_size=architecture.input_pooling,
+                                             name="f_average_pooling")(images)
     conv_index = 0
     pool_index = 0
-    for entry in FEATURE_EXTRACTOR_PLAN:
+    for entry in architecture.plan:
         if entry == "max_pool":
             pool_index += 1
             features = keras.layers.MaxPooling2D(pool_size=2,
                                                  name=f"f_max_pooling_{pool_index}")(features)
             continue
         conv_index += 1
-        features = keras.layers.Conv2D(entry, kernel_size=3, padding="valid",
+        features = keras.layers.Conv2D(entry, kernel_size=3, padding=architecture.padding,
                                        name=f"f_conv_{conv_index}")(features)
         features = keras.layers.BatchNormalization(name=f"f_batch_norm_{conv_index}")(features)
         features = keras.layers.ReLU(name=f"f_relu_{conv_index}")(features)
     features = keras.layers.Flatten(name="f_flatten")(features)
-    for units in FEATURE_DENSE_UNITS:
+    for units in architecture.dense_units:
         features = keras.layers.Dense(units, activation="relu", name=f"f_dense_{units}")(features)
     return keras.Model(images, features, name=name)
+
+
+def architecture_of(model: keras.Model) -> Architecture:
+    """The :class:`Architecture` a network (or a feature extractor) was built with.
+
+    Raises:
+        ValueError: its layers match no known architecture.
+    """
+    feature_extractor = model if model.name == "f" else get_feature_extractor(model)
+    pooling = feature_extractor.get_layer("f_average_pooling").pool_size[0]
+    convolutions = [(layer.filters, layer.padding) for layer in feature_extractor.layers
+                    if isinstance(layer, keras.layers.Conv2D)]
+    for architecture in ARCHITECTURES.values():
+        planned = [(entry, architecture.padding) for entry in architecture.plan
+                   if entry != "max_pool"]
+        if architecture.input_pooling == pooling and planned == convolutions:
+            return architecture
+    raise ValueError(f"model {model.name!r} matches none of the architectures "
+                     f"{sorted(ARCHITECTURES)}")
 
 
 def _output_activation_layer(spec: NetworkSpec) -> keras.layers.Layer:
@@ -233,7 +324,8 @@ def _apply_head(features, spec: NetworkSpec):
 
 def build_network(name: str, image_size: int = DEFAULT_IMAGE_SIZE,
                   num_images: int = DEFAULT_NUM_IMAGES,
-                  stack_strategy: str = "fold_batch") -> keras.Model:
+                  stack_strategy: str = "fold_batch",
+                  architecture=DEFAULT_ARCHITECTURE) -> keras.Model:
     """Builds one of the paper's networks as an uncompiled Keras functional model.
 
     Args:
@@ -263,6 +355,8 @@ def build_network(name: str, image_size: int = DEFAULT_IMAGE_SIZE,
 
             At inference both give identical results: f processes each image independently,
             whatever its slot (tested in ``tests/test_networks.py``).
+        architecture: feature extractor, ``"table3"`` (default, the paper's) or ``"compact"``
+            (see :data:`ARCHITECTURES`).
 
     Returns:
         ``keras.Model`` named ``name`` with one input ``images`` of shape
@@ -278,7 +372,7 @@ def build_network(name: str, image_size: int = DEFAULT_IMAGE_SIZE,
     """
     spec = network_spec(name)
     image_size = int(image_size)
-    feature_extractor = build_feature_extractor(image_size)
+    feature_extractor = build_feature_extractor(image_size, architecture=architecture)
     if not spec.multi_image:
         images = keras.Input(shape=(image_size, image_size, 1), name="images")
         features = feature_extractor(images)

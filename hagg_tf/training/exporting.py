@@ -24,14 +24,79 @@ def _training_card(runs: pathlib.Path) -> tuple[dict, Optional[float]]:
         info = json.loads(path.read_text()) if path.is_file() else {}
         pixel_sizes.add(info.get("pixel_size_nm"))
         card[name] = {key: info.get(key) for key in (
-            "dataset", "image_size", "pixel_size_nm", "num_images", "batch_size",
-            "learning_rate", "final_epoch", "steps_per_epoch", "images_seen", "monitor",
-            "best", "wall_s_last_call", "images_per_second_last_call", "status",
-            "train_records")}
+            "dataset", "architecture", "image_size", "pixel_size_nm", "num_images",
+            "batch_size", "learning_rate", "final_epoch", "steps_per_epoch", "images_seen",
+            "monitor", "best", "wall_s_last_call", "wall_s_total",
+            "images_per_second_last_call", "status", "train_records", "seed", "command",
+            "hardware", "batch_norm")}
     pixel_sizes.discard(None)
     if len(pixel_sizes) > 1:
         raise ValueError(f"the runs were trained at different pixel sizes {sorted(pixel_sizes)}")
     return card, (pixel_sizes.pop() if pixel_sizes else None)
+
+
+#: Training log written beside the composite's SavedModel.
+TRAINING_LOG = "TRAINING.md"
+
+
+def training_log_markdown(runs) -> str:
+    """A markdown table of the five runs: command, seed, wall time, hardware, final losses.
+
+    Args:
+        runs: directory with ``<network>/training.json`` and ``<network>/history.csv``.
+    """
+    from hagg_tf.training.trainer import read_history
+
+    runs = pathlib.Path(runs)
+    lines = ["# Training log of the shipped networks", "",
+             "Generated from each run's `training.json` and `history.csv` by "
+             "`hagg-export-models --runs=...`.", "",
+             "| network | architecture | epochs | images seen | wall | best epoch | "
+             "best validation loss | final validation loss / metric | seed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    details = []
+    for name in NETWORK_NAMES:
+        path = runs / name / "training.json"
+        if not path.is_file():
+            lines.append(f"| {name} | (no training.json) | | | | | | | |")
+            continue
+        info = json.loads(path.read_text())
+        rows = read_history(runs / name)
+        last = rows[-1] if rows else {}
+        monitor = info.get("monitor", "val_loss")
+        metric = next((key for key in ("val_mae", "val_accuracy", "mae", "accuracy")
+                       if key in last), None)
+        best = info.get("best") or {}
+        wall = info.get("wall_s_total") or info.get("wall_s_last_call")
+        final = (f"{last[monitor]:.5f}" if monitor in last else "–") + (
+            f" / {metric} {last[metric]:.4f}" if metric else "")
+        best_value = best.get(monitor)
+        lines.append(
+            f"| {name} | {info.get('architecture', 'table3')} | {info.get('final_epoch')} | "
+            f"{info.get('images_seen')} | {'–' if wall is None else f'{wall / 60:.1f} min'} | "
+            f"{best.get('epoch', '–')} | "
+            f"{'–' if best_value is None else f'{best_value:.5f}'} | {final} | "
+            f"{info.get('seed')} |")
+        details += [f"## {name}", "",
+                    f"- command: `{info.get('command', '(not recorded)')}`",
+                    f"- hardware: {info.get('hardware', '(not recorded)')}",
+                    f"- batch size {info.get('batch_size')}, learning rate "
+                    f"{info.get('learning_rate')}, loss {info.get('loss')}, monitor {monitor}, "
+                    f"patience {info.get('patience')}, status {info.get('status')}",
+                    f"- input: {info.get('input', 'TFRecord pipeline')}; batch norm: "
+                    f"{info.get('batch_norm', 'Keras moving averages')}; TensorFlow "
+                    f"{info.get('tensorflow')}, Keras {info.get('keras')}",
+                    *([f"- note: {info['history_note']}"] if info.get("history_note") else []),
+                    *([f"- f initialised from: `{info['init_from']}`"]
+                      if info.get("init_from") else []), "",
+                    "| epoch | " + " | ".join(key for key in rows[0] if key != "epoch") + " |"
+                    if rows else "(no history)",
+                    "|---" * len(rows[0]) + "|" if rows else ""]
+        for row in rows:
+            details.append(f"| {int(row['epoch']) + 1} | " + " | ".join(
+                f"{value:.5f}" for key, value in row.items() if key != "epoch") + " |")
+        details.append("")
+    return "\n".join(lines + [""] + details)
 
 
 def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "float16",
@@ -48,8 +113,11 @@ def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "flo
     runs = pathlib.Path(runs)
     models = {name: load_trained_network(runs / name, which) for name in NETWORK_NAMES}
     training, pixel_size = _training_card(runs)
-    return _export(models, output, version, kernel_dtype, pixel_size, training,
-                   evaluate_dataset, placeholder, overwrite, per_network, composite)
+    written = _export(models, output, version, kernel_dtype, pixel_size, training,
+                      evaluate_dataset, placeholder, overwrite, per_network, composite)
+    if composite:
+        (written["composite"] / TRAINING_LOG).write_text(training_log_markdown(runs))
+    return written
 
 
 def _export(models, output, version, kernel_dtype, pixel_size, training, evaluate_dataset,
@@ -60,16 +128,19 @@ def _export(models, output, version, kernel_dtype, pixel_size, training, evaluat
 
     written = {}
     card = {"status": "placeholder" if placeholder else "trained", "training": training}
-    if placeholder:
-        epochs = sorted({info.get("final_epoch") for info in training.values()
-                         if info.get("final_epoch") is not None})
+    if training:
+        epochs = [info.get("final_epoch") for info in training.values()]
         images = sum(info.get("images_seen") or 0 for info in training.values())
-        seconds = sum(info.get("wall_s_last_call") or 0 for info in training.values())
+        seconds = sum(info.get("wall_s_total") or info.get("wall_s_last_call") or 0
+                      for info in training.values())
         datasets = sorted({str(info.get("dataset")) for info in training.values()})
-        card["summary"] = (f"trained on CPU for {'/'.join(map(str, epochs))} epochs "
-                           f"({images} image passes, {seconds / 60:.0f} min in all) on the small "
-                           f"database {', '.join(datasets)} made by "
-                           "examples/make_placeholder_models.py, not the paper's 32 400 images")
+        architectures = sorted({str(info.get("architecture") or "table3")
+                                for info in training.values()})
+        card["summary"] = (f"{'/'.join(architectures)} architecture, trained for "
+                           f"{'/'.join(map(str, epochs))} epochs ({images} image passes, "
+                           f"{seconds / 60:.0f} min in all) on {', '.join(datasets)}"
+                           + (" (placeholder networks, not the paper-scale training)"
+                              if placeholder else ""))
     if composite:
         version_dir = export_characterize_model(models, output, version,
                                                 kernel_dtype=kernel_dtype,
@@ -93,10 +164,15 @@ def _export(models, output, version, kernel_dtype, pixel_size, training, evaluat
     return written
 
 
-def export_from_composite(source, output, *, version: int = 1, overwrite: bool = False,
-                          per_network: bool = True, composite: bool = False,
-                          kernel_dtype: str = "float16") -> dict:
-    """Rebuilds the Keras networks from a composite export and exports them again."""
+def networks_from_composite(source=None) -> tuple[dict, dict]:
+    """The five Keras networks rebuilt from a composite export, and the export's metadata.
+
+    Args:
+        source: export base, model or version directory; None: the default (shipped) models.
+
+    Returns:
+        ``({network name: keras.Model}, metadata)``.
+    """
     from hagg_tf import networks
     from hagg_tf.estimation.model import find_model
     from hagg_tf.export.characterize import load_network_weights, set_network_weights
@@ -105,10 +181,19 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
     weights = load_network_weights(version_dir)
     models = {}
     for name in NETWORK_NAMES:
-        model = networks.build_network(name, int(metadata["image_size"]),
-                                       int(metadata["num_images"]))
+        model = networks.build_network(
+            name, int(metadata["image_size"]), int(metadata["num_images"]),
+            architecture=metadata.get("architecture", networks.DEFAULT_ARCHITECTURE))
         set_network_weights(model, weights[name])
         models[name] = model
+    return models, metadata
+
+
+def export_from_composite(source, output, *, version: int = 1, overwrite: bool = False,
+                          per_network: bool = True, composite: bool = False,
+                          kernel_dtype: str = "float16") -> dict:
+    """Rebuilds the Keras networks from a composite export and exports them again."""
+    models, metadata = networks_from_composite(source)
     card = dict(metadata.get("model_card") or {})
     written = _export(models, output, version, kernel_dtype, metadata.get("pixel_size_nm"),
                       card.get("training", {}), None, card.get("status") == "placeholder",

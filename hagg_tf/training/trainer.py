@@ -149,8 +149,12 @@ def _tensorboard_available() -> bool:
 
 def _callbacks(keras, output_dir: pathlib.Path, monitor: str, patience: int, chief: bool,
                backup_dir: pathlib.Path, backup_every_steps: Optional[int],
-               history_rows: list[dict], meter):
-    """The callback list, in the order their ``on_train_begin`` must run."""
+               history_rows: list[dict], meter, checkpoint=None):
+    """The callback list, in the order their ``on_train_begin`` must run.
+
+    ``checkpoint`` replaces the ``ModelCheckpoint`` of the best epoch (the pooled runs of
+    :mod:`hagg_tf.training.pooled` save the full network, not the model being fit).
+    """
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         """EarlyStopping that takes its best value and waiting count from the history."""
@@ -170,7 +174,7 @@ def _callbacks(keras, output_dir: pathlib.Path, monitor: str, patience: int, chi
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(output_dir / LOGS),
                                                          update_freq="epoch", profile_batch=0))
         previous = [row[monitor] for row in history_rows if monitor in row]
-        callbacks.append(keras.callbacks.ModelCheckpoint(
+        callbacks.append(checkpoint or keras.callbacks.ModelCheckpoint(
             str(output_dir / BEST_MODEL), monitor=monitor, mode="min", save_best_only=True,
             initial_value_threshold=min(previous) if previous else None))
     callbacks.append(ResumableEarlyStopping(monitor=monitor, mode="min", patience=patience))

@@ -1,0 +1,259 @@
+"""Running the five networks over a database split: the :class:`Predictions` of the evaluation.
+
+Every image of the split goes once through each network's feature extractor f (after the
+paper's preprocessing and f's own average pooling, computed in numpy exactly as
+:mod:`hagg_tf.data.pooled` does), giving the single-image outputs and, for CNN^0 / CNN^1, the
+112-dimensional features of every image. The multi-image outputs are then the heads g applied
+to the concatenated features of groups of ν images of one θ (:func:`disjoint_groups`).
+
+Fig. 9 asks for θ̂_0 and θ̂_1 at several ν, but CNN^0 and CNN^1 are trained for one ν (12):
+their head takes exactly ν·112 features. For every other ν a new head g (dense 44 + ReLU,
+dense 1 + ReLU, as in Table 3) is fitted on the frozen f's features of T (groups redrawn every
+epoch, the best epoch by the validation part of T kept). This is a cheap stand-in for training
+CNN^0 / CNN^1 anew per ν, which the paper did; it is stated in the predictions' ``info``.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from hagg_tf.data.pooled import LABEL_KEYS, iter_pooled_shards, load_pooled_split, sums_to_inputs
+from hagg_tf.evaluation.predictions import Predictions, disjoint_groups
+
+SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
+                        "mixing_ratio_regressor": "mixing_ratio_regressor_pred",
+                        "mixing_ratio_classifier": "homogeneous_probability_pred"}
+MULTI_IMAGE_NETWORKS = ("wo3_cluster_size", "tio2_cluster_size")
+_THETA_COLUMN = {"wo3_cluster_size": 2, "tio2_cluster_size": 3}
+_CHUNK = 256
+
+
+def load_networks(model=None) -> tuple[dict, dict]:
+    """Keras networks and a description: from a composite export or a training runs folder.
+
+    Args:
+        model: None (shipped default), a composite export (base, model or version directory),
+            a folder with one training run per network (``<folder>/<network>/best.keras``), or
+            a dict ``{network name: keras.Model}``.
+    """
+    from hagg_tf.training.exporting import NETWORK_NAMES, networks_from_composite
+
+    if isinstance(model, dict):
+        return dict(model), {"source": "Keras models given in memory", "kind": "keras"}
+    if model is not None and (pathlib.Path(model) / NETWORK_NAMES[0] / "training.json").is_file():
+        from hagg_tf.training.trainer import load_trained_network
+
+        return ({name: load_trained_network(pathlib.Path(model) / name)
+                 for name in NETWORK_NAMES}, {"source": str(model), "kind": "training runs"})
+    models, metadata = networks_from_composite(model)
+    return models, {"source": str(model or "shipped default"), "kind": "composite export",
+                    "architecture": metadata.get("architecture", "table3"),
+                    "model_card_status": (metadata.get("model_card") or {}).get("status")}
+
+
+class _SplitRunner:
+    """f and the single-image heads of the five networks on pooled images."""
+
+    def __init__(self, models: dict):
+        import keras
+
+        from hagg_tf.networks import get_feature_extractor, network_spec
+        from hagg_tf.training.pooled import pooled_feature_extractor, pooled_twin
+
+        self.models = models
+        poolings = {int(get_feature_extractor(model).get_layer("f_average_pooling").pool_size[0])
+                    for model in models.values()}
+        if len(poolings) != 1:
+            raise ValueError(f"the networks pool their inputs differently: {sorted(poolings)}")
+        self.pooling = poolings.pop()
+        self.single = {name: pooled_twin(models[name], keras) for name in SINGLE_IMAGE_OUTPUTS}
+        self.features = {name: pooled_feature_extractor(models[name], keras)
+                         for name in MULTI_IMAGE_NETWORKS}
+        self.inverted = {name: network_spec(name).invert_intensities
+                         for name in MULTI_IMAGE_NETWORKS}
+
+    def run(self, part: dict, features_only: bool = False) -> dict:
+        plain = sums_to_inputs(part["plain"], self.pooling)[..., np.newaxis]
+        inverted = sums_to_inputs(part["inverted"], self.pooling)[..., np.newaxis]
+        out = {}
+        for name, key in SINGLE_IMAGE_OUTPUTS.items():
+            if not features_only:
+                out[key] = _predict(self.single[name], plain)[:, 0]
+        for name in MULTI_IMAGE_NETWORKS:
+            images = inverted if self.inverted[name] else plain
+            out[f"features/{name}"] = _predict(self.features[name], images)
+        return out
+
+
+def _predict(model, inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(model(inputs[start:start + _CHUNK], training=False))
+                           for start in range(0, len(inputs), _CHUNK)])
+
+
+def _parts(dataset_dir, split: str, pooling: int, cache_dir):
+    """Pooled shards of a split: from the cache when it fits, else decoded on the fly."""
+    if cache_dir is not None and (pathlib.Path(cache_dir) / "cache.json").is_file():
+        loaded = load_pooled_split(cache_dir, split, dataset_dir)
+        if loaded.pooling == pooling:
+            yield {"plain": loaded.plain, "inverted": loaded.inverted, **loaded.labels}
+            return
+    yield from iter_pooled_shards(dataset_dir, split, pooling)
+
+
+def _run_split(runner: _SplitRunner, dataset_dir, split: str, cache_dir, progress: bool,
+               features_only: bool = False):
+    outputs, labels = {}, {key: [] for key in LABEL_KEYS}
+    started = time.perf_counter()
+    count = 0
+    for part in _parts(dataset_dir, split, runner.pooling, cache_dir):
+        for key, value in runner.run(part, features_only).items():
+            outputs.setdefault(key, []).append(value)
+        for key in LABEL_KEYS:
+            labels[key].append(part[key])
+        count += len(part["plain"])
+        if progress:
+            print(f"predict {split}: {count} images, {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr, flush=True)
+    return ({key: np.concatenate(value) for key, value in outputs.items()},
+            {key: np.concatenate(value) for key, value in labels.items()})
+
+
+def fit_group_head(network: str, nu: int, train_features: np.ndarray, train_labels: dict,
+                   validation_features: np.ndarray, validation_labels: dict, *,
+                   epochs: int = 60, seed: int = 0):
+    """A head g for ν-groups on frozen features (see the module docstring).
+
+    Args:
+        network: ``"wo3_cluster_size"`` or ``"tio2_cluster_size"``.
+        nu: group size.
+        train_features, validation_features: (n, 112) f outputs of T's train / validation part.
+        train_labels, validation_labels: their labels (``theta``, ``theta_id``).
+        epochs: passes, each over freshly drawn disjoint groups.
+        seed: initialisation and group draws.
+
+    Returns:
+        ``(predict, validation_mae)``: a function (G, ν·112) → (G,) raw outputs, and the
+        validation MAE of the kept epoch.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    column = _THETA_COLUMN[network]
+    inputs = keras.Input((nu * train_features.shape[1],))
+    hidden = keras.layers.Dense(44, activation="relu")(inputs)
+    output = keras.layers.Dense(1, activation="relu",
+                                bias_initializer=keras.initializers.Constant(3.5))(hidden)
+    head = keras.Model(inputs, output)
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")
+    width = nu * train_features.shape[1]
+    validation_groups = disjoint_groups(validation_labels["theta_id"], nu, seed=seed)
+    validation_x = validation_features[validation_groups].reshape(len(validation_groups), width)
+    validation_y = validation_labels["theta"][validation_groups[:, 0], column]
+    best, best_weights = np.inf, head.get_weights()
+    for epoch in range(epochs):
+        groups = disjoint_groups(train_labels["theta_id"], nu, seed=seed * 100003 + epoch + 1)
+        if not len(groups):
+            raise ValueError(f"no θ of the train split has {nu} images")
+        head.fit(train_features[groups].reshape(len(groups), width),
+                 train_labels["theta"][groups[:, 0], column], batch_size=32, epochs=1,
+                 verbose=0)
+        if not len(validation_groups):
+            continue  # nothing to choose by: the last epoch is kept
+        mae = float(np.mean(np.abs(_predict(head, validation_x)[:, 0] - validation_y)))
+        if mae < best:
+            best, best_weights = mae, head.get_weights()
+    if len(validation_groups):
+        head.set_weights(best_weights)
+    return (lambda features: _predict(head, features)[:, 0]), best
+
+
+def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation", *,
+                  model=None, nus: Sequence[int] = (4, 8, 12, 16), seed: int = 0,
+                  baselines: Optional[dict] = None,
+                  cache_dir: Optional[Union[str, os.PathLike]] = None,
+                  progress: bool = True) -> Predictions:
+    """Per-image and per-group network outputs on ``split`` (see the module docstring).
+
+    Args:
+        dataset_dir: the database (``manifest.json`` and TFRecord shards).
+        split: split to predict (the paper's E is ``"evaluation"``).
+        model: see :func:`load_networks`.
+        nus: group sizes for the multi-image outputs; the networks' own ν uses their trained
+            head, every other ν a head fitted on frozen features of T.
+        seed: grouping and head fitting.
+        baselines: optional per-image baseline arrays (keys of
+            :data:`hagg_tf.evaluation.predictions.BASELINE_KEYS`) with a ``record_index`` array
+            to align them.
+        cache_dir: pooled cache of the database (:mod:`hagg_tf.data.pooled`), used when its
+            pooling matches the networks'; otherwise images are decoded shard by shard.
+        progress: print progress to stderr.
+
+    Returns:
+        :class:`Predictions`.
+    """
+    from hagg_tf.networks import network_spec
+    from hagg_tf.training.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    models, description = load_networks(model)
+    runner = _SplitRunner(models)
+    trained_nu = int(models["wo3_cluster_size"].input_shape[1])
+    outputs, labels = _run_split(runner, dataset_dir, split, cache_dir, progress)
+    arrays = {
+        "record_index": labels["record_index"].astype(np.int64),
+        "theta_id": labels["theta_id"].astype(np.int64),
+        "theta": labels["theta"].astype(np.float64),
+        "fractal_dimension": labels["fractal_dimension"],
+        "mixing_ratio": labels["mixing_ratio"],
+        "homogeneous": labels["homogeneous"].astype(bool),
+        "num_particles": labels["num_particles"].astype(np.int64),
+        **{key: outputs[key] for key in SINGLE_IMAGE_OUTPUTS.values()},
+    }
+    info = {"split": split, "dataset": str(dataset_dir), "model": description,
+            "trained_nu": trained_nu, "group_heads": {}}
+    other_nus = sorted({int(nu) for nu in nus} - {trained_nu})
+    reference = {}
+    if other_nus:
+        reference["train"] = _run_split(runner, dataset_dir, "train", cache_dir, progress,
+                                        features_only=True)
+        reference["validation"] = _run_split(runner, dataset_dir, "validation", cache_dir,
+                                             progress, features_only=True)
+    for nu in sorted({int(nu) for nu in nus}):
+        groups = disjoint_groups(arrays["theta_id"], nu, seed=seed)
+        arrays[f"groups_nu{nu}"] = groups
+        for name in MULTI_IMAGE_NETWORKS:
+            features = outputs[f"features/{name}"][groups].reshape(len(groups), -1)
+            if nu == trained_nu:
+                head = models[name]
+                values = features
+                for layer in ("g_dense_44", "g_dense_1", network_spec(name).output_name):
+                    values = head.get_layer(layer)(values)
+                arrays[f"{name}_pred_nu{nu}"] = np.asarray(values)[:, 0]
+                continue
+            (train_out, train_labels) = reference["train"]
+            (validation_out, validation_labels) = reference["validation"]
+            started = time.perf_counter()
+            predict, validation_mae = fit_group_head(
+                name, nu, train_out[f"features/{name}"], train_labels,
+                validation_out[f"features/{name}"], validation_labels, seed=seed)
+            arrays[f"{name}_pred_nu{nu}"] = predict(features)
+            info["group_heads"][f"{name}_nu{nu}"] = {
+                "how": "head g refitted on the frozen f of the trained network",
+                "validation_mae": (round(validation_mae, 4) if np.isfinite(validation_mae)
+                                   else None),
+                "seconds": round(time.perf_counter() - started, 1)}
+    if baselines:
+        order = {int(index): row for row, index in enumerate(baselines["record_index"])}
+        try:
+            rows = np.asarray([order[int(index)] for index in arrays["record_index"]])
+        except KeyError as error:
+            raise ValueError(f"the baselines lack record {error.args[0]}") from None
+        for key, value in baselines.items():
+            if key.startswith("baseline_"):
+                arrays[key] = np.asarray(value)[rows]
+    return Predictions(arrays, info)

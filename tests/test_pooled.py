@@ -1,0 +1,239 @@
+"""The compact architecture, the pooled cache, training from it and predicting a split."""
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from hagg_tf import data, networks  # noqa: E402
+from hagg_tf.data import DatasetError  # noqa: E402
+from hagg_tf.data.manifest import load_manifest, shard_paths  # noqa: E402
+from hagg_tf.data.pooled import (build_pooled_cache, iter_pooled_shards,  # noqa: E402
+                                 load_pooled_split, sums_to_inputs)
+from hagg_tf.data.records import read_samples  # noqa: E402
+from hagg_tf.evaluation.predict import predict_split  # noqa: E402
+from hagg_tf.training import SUMMARY, read_history  # noqa: E402
+from hagg_tf.training.pooled import (epoch_plan, make_batches, pooled_twin,  # noqa: E402
+                                     recalibrate_batch_norm, train_pooled_network)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    "ignore:Your `PyDataset` class should call:UserWarning")
+
+SIZE = networks.minimum_image_size("compact")  # 128 px
+POOLING = networks.get_architecture("compact").input_pooling
+
+
+@pytest.fixture(scope="module")
+def tiny_db(tmp_path_factory):
+    output = tmp_path_factory.mktemp("pooled") / "db"
+    report = data.generate_dataset(output, data.preset("tiny", image_size=SIZE), workers=1,
+                                   progress=False)
+    assert report.complete
+    return output
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_db, tmp_path_factory):
+    return build_pooled_cache(tiny_db, tmp_path_factory.mktemp("cache") / "pool4", POOLING,
+                              workers=1, progress=False)
+
+
+def _average_pool(images, pooling):
+    n, height, width = images.shape
+    return images.reshape(n, height // pooling, pooling, width // pooling, pooling).mean((2, 4))
+
+
+def test_compact_architecture_is_smaller_and_matches_its_plan():
+    assert SIZE == 128
+    assert networks.feature_map_sizes(512, "compact") == [128, 128, 64, 64, 32, 32, 32, 16, 16,
+                                                          8, 8, 4]
+    compact = networks.build_network("fractal_dimension", 512, architecture="compact")
+    table3 = networks.build_network("fractal_dimension", 512)
+    assert networks.architecture_of(compact).name == "compact"
+    assert networks.architecture_of(table3).name == "table3"
+    assert compact.count_params() < table3.count_params() / 10
+    assert compact.get_layer("f").output_shape[-1] == networks.FEATURE_DIM
+    with pytest.raises(ValueError, match="smallest usable size is 128"):
+        networks.build_network("fractal_dimension", 124, architecture="compact")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        networks.build_network("fractal_dimension", 512, architecture="tiny")
+
+
+def test_cache_is_the_exact_pooled_preprocessing_with_the_labels(tiny_db, cache):
+    manifest = load_manifest(tiny_db)
+    for split in ("train", "evaluation"):
+        pooled = load_pooled_split(cache, split, tiny_db)
+        samples = [sample for path in shard_paths(manifest, split)
+                   for sample in read_samples(path)]
+        assert len(pooled) == len(samples) == manifest["splits"][split]["records"]
+        counts = np.stack([sample.counts for sample in samples])
+        electrons = np.array([sample.electrons_per_pixel for sample in samples], np.float32)
+        for inverted in (False, True):
+            reference = networks.preprocess_images_numpy(
+                counts, electrons, inversion_threshold=1e-3 if inverted else None)
+            np.testing.assert_allclose(pooled.inputs(np.arange(len(pooled)), inverted)[..., 0],
+                                       _average_pool(reference, POOLING), atol=1e-6)
+        assert list(pooled.labels["record_index"]) == [sample.index for sample in samples]
+        np.testing.assert_array_equal(pooled.labels["mixing_ratio"],
+                                      [sample.descriptors.mixing_ratio for sample in samples])
+        np.testing.assert_array_equal(pooled.labels["num_particles"],
+                                      [len(sample.aggregate.radii) for sample in samples])
+        np.testing.assert_array_equal(pooled.labels["theta"][:, 2],
+                                      [sample.theta.wo3_cluster_size for sample in samples])
+
+
+def test_cache_resumes_and_refuses_another_pooling(tiny_db, cache, tmp_path):
+    part = sorted(cache.glob("evaluation-*.npz"))[0]
+    before = part.read_bytes()
+    part.unlink()
+    with pytest.raises(DatasetError, match="parts of split"):
+        load_pooled_split(cache, "evaluation", tiny_db)
+    build_pooled_cache(tiny_db, cache, POOLING, workers=1, progress=False)
+    assert part.read_bytes() == before
+    with pytest.raises(DatasetError, match="another database or pooling"):
+        build_pooled_cache(tiny_db, cache, 2, workers=1, progress=False)
+    streamed = next(iter_pooled_shards(tiny_db, "evaluation", POOLING))
+    with np.load(part) as stored:
+        np.testing.assert_array_equal(streamed["plain"], stored["plain"])
+
+
+@pytest.mark.parametrize("name", ["fractal_dimension", "tio2_cluster_size"])
+def test_pooled_twin_computes_the_full_network(name, cache):
+    model = networks.build_network(name, SIZE, num_images=3, architecture="compact")
+    twin = pooled_twin(model, keras)
+    assert len(twin.trainable_weights) == len(model.trainable_weights)
+    pooled = load_pooled_split(cache, "train")
+    inverted = networks.network_spec(name).invert_intensities
+    inputs = pooled.inputs(np.arange(3), inverted)
+    # The full network sees 512-px-like inputs: unpool by repetition (average pooling undoes it).
+    full = np.repeat(np.repeat(inputs, POOLING, axis=1), POOLING, axis=2)
+    if networks.network_spec(name).multi_image:
+        inputs, full = inputs[None], full[None]
+    np.testing.assert_allclose(np.asarray(twin(inputs)), np.asarray(model(full)), atol=1e-5)
+
+
+def test_epoch_plans_balance_group_and_repeat(cache):
+    train = load_pooled_split(cache, "train")
+    homogeneous = train.labels["homogeneous"]
+    assert 0 < homogeneous.sum() < len(homogeneous)
+    plan = np.concatenate(epoch_plan(train, "mixing_ratio_classifier", 2, 5, 0, True))
+    counts = np.bincount(homogeneous[plan].astype(int), minlength=2)
+    assert abs(counts[0] - counts[1]) <= 2  # balanced up to the dropped partial batch
+    groups = np.concatenate(epoch_plan(train, "wo3_cluster_size", 2, 5, 0, True, num_images=3))
+    assert groups.shape[1] == 3
+    ids = train.labels["theta_id"][groups]
+    assert np.all(ids == ids[:, :1])
+    assert len(np.unique(groups)) == groups.size  # no image twice in an epoch
+    again = epoch_plan(train, "wo3_cluster_size", 2, 5, 0, True, num_images=3)
+    np.testing.assert_array_equal(np.concatenate(again), groups)
+    other = np.concatenate(epoch_plan(train, "wo3_cluster_size", 2, 5, 1, True, num_images=3))
+    assert not np.array_equal(other, groups)
+
+
+def test_batch_norm_recalibration_sets_the_batch_statistics(cache):
+    model = networks.build_network("fractal_dimension", SIZE, architecture="compact")
+    twin = pooled_twin(model, keras)
+    batches = make_batches(keras, load_pooled_split(cache, "train"), "fractal_dimension", 8,
+                           seed=0, training=False)
+    inputs = batches[0][0]
+    # Freshly built: moving statistics are 0 / 1, so inference differs from batch statistics.
+    assert not np.allclose(np.asarray(twin(inputs, training=False)),
+                           np.asarray(twin(inputs, training=True)), atol=1e-4)
+    assert recalibrate_batch_norm(model, twin, batches, max_batches=1) == 1
+    np.testing.assert_allclose(np.asarray(twin(inputs, training=False)),
+                               np.asarray(twin(inputs, training=True)), atol=1e-3)
+    momenta = {layer.momentum for layer in networks.get_feature_extractor(model).layers
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.99}  # restored
+
+
+def test_pooled_training_resumes_and_saves_the_full_network(tiny_db, cache, tmp_path):
+    run = tmp_path / "df"
+    first = train_pooled_network("fractal_dimension", cache, run, epochs=1, batch_size=4,
+                                 learning_rate=1e-3, dataset_dir=tiny_db, calibration_batches=2,
+                                 verbose=0)
+    assert first.final_epoch == 1 and first.monitor == "val_loss"
+    second = train_pooled_network("fractal_dimension", cache, run, epochs=2, batch_size=4,
+                                  learning_rate=1e-3, dataset_dir=tiny_db,
+                                  calibration_batches=2, verbose=0)
+    assert second.initial_epoch == 1 and second.final_epoch == 2
+    rows = read_history(run)
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    assert all(np.isfinite(row["val_loss"]) and "val_mae" in row for row in rows)
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["architecture"] == "compact" and summary["status"] == "complete"
+    best = keras.saving.load_model(run / "best.keras", compile=False)
+    assert best.input_shape == (None, SIZE, SIZE, 1)
+    assert networks.architecture_of(best).name == "compact"
+    # Multi-image: the tiny validation split has no ν-group; the training loss decides.
+    # f starts from another run's (transfer); a vanishing learning rate keeps it there.
+    multi = train_pooled_network("wo3_cluster_size", cache, tmp_path / "w", epochs=1,
+                                 batch_size=1, num_images=3, dataset_dir=tiny_db,
+                                 calibration_batches=1, init_from=run, learning_rate=1e-12,
+                                 verbose=0)
+    assert multi.monitor == "loss"
+    trained = keras.saving.load_model(tmp_path / "w" / "last.keras", compile=False)
+    np.testing.assert_allclose(
+        networks.get_feature_extractor(trained).get_layer("f_conv_3").get_weights()[0],
+        networks.get_feature_extractor(best).get_layer("f_conv_3").get_weights()[0], atol=1e-6)
+    assert json.loads((tmp_path / "w" / SUMMARY).read_text())["init_from"] == str(run)
+
+
+def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache):
+    models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
+              for name in networks.NETWORK_SPECS}
+    evaluation = load_pooled_split(cache, "evaluation")
+    baselines = {"record_index": evaluation.labels["record_index"][::-1],
+                 "baseline_mixing_ratio_threshold": evaluation.labels["mixing_ratio"][::-1]}
+    predictions = predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=cache,
+                                baselines=baselines, progress=False)
+    arrays = predictions.arrays
+    assert predictions.group_sizes == [2, 3] and predictions.info["trained_nu"] == 3
+    np.testing.assert_array_equal(arrays["baseline_mixing_ratio_threshold"],
+                                  arrays["mixing_ratio"])
+    twin = pooled_twin(models["fractal_dimension"], keras)
+    np.testing.assert_allclose(arrays["fractal_dimension_pred"],
+                               np.asarray(twin(evaluation.inputs(np.arange(len(evaluation)))))
+                               [:, 0], atol=1e-5)
+    # The trained ν uses the network itself on the group's images.
+    group = arrays["groups_nu3"][0]
+    stack = sums_to_inputs(evaluation.inverted[group], POOLING)[None, ..., None]
+    expected = pooled_twin(models["tio2_cluster_size"], keras)(stack)
+    np.testing.assert_allclose(arrays["tio2_cluster_size_pred_nu3"][0],
+                               np.asarray(expected)[0, 0], atol=1e-4)
+    assert "tio2_cluster_size_nu2" in predictions.info["group_heads"]
+    # Without the cache the images are decoded shard by shard: the same numbers.
+    streamed = predict_split(tiny_db, model=models, nus=(3,), progress=False)
+    np.testing.assert_allclose(streamed.arrays["fractal_dimension_pred"],
+                               arrays["fractal_dimension_pred"], atol=1e-6)
+
+
+def test_compact_composite_export_matches_the_keras_networks(tmp_path):
+    from hagg_tf.export.characterize import export_characterize_model
+    from hagg_tf.training.exporting import networks_from_composite
+
+    keras.utils.set_random_seed(3)
+    models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
+              for name in networks.NETWORK_SPECS}
+    version_dir = export_characterize_model(models, tmp_path, 1, kernel_dtype="float32")
+    assert json.loads((version_dir / "hagg_tf_export.json").read_text())["architecture"] == \
+        "compact"
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-0.5, 0.5, (1, 4, SIZE, SIZE)).astype(np.float32)
+    inverted = rng.uniform(-0.5, 0.5, (1, 4, SIZE, SIZE)).astype(np.float32)
+    loaded = tf.saved_model.load(str(version_dir))
+    outputs = loaded.signatures["serving_preprocessed"](images=tf.constant(images),
+                                                        inverted_images=tf.constant(inverted))
+    expected = np.asarray(models["fractal_dimension"](images[0, ..., None]))[:, 0]
+    np.testing.assert_allclose(outputs["fractal_dimension_per_image"].numpy()[0], expected,
+                               atol=1e-5)
+    stack = inverted[:, [0, 1, 2], ..., None]
+    np.testing.assert_allclose(outputs["tio2_cluster_size_per_subset"].numpy()[0, 0],
+                               np.asarray(models["tio2_cluster_size"](stack))[0, 0], atol=1e-4)
+    rebuilt, metadata = networks_from_composite(version_dir)
+    assert networks.architecture_of(rebuilt["wo3_cluster_size"]).name == "compact"
+    np.testing.assert_allclose(np.asarray(rebuilt["fractal_dimension"](images[0, ..., None])),
+                               expected[:, None], atol=1e-6)
