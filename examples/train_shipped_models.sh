@@ -23,4 +23,4 @@ init="--init_from=work/training/compact/mixing_ratio_regressor"
 train wo3_cluster_size 8 15 --patience=6 "$init"
 train tio2_cluster_size 8 15 --patience=6 "$init"
 python tools/export_models.py --runs=work/training/compact --output=saved_models --version=2 \
-  --evaluate_dataset=work/datasets/paper
+  --kernel_dtype=float32 --evaluate_dataset=work/datasets/paper
