@@ -39,7 +39,8 @@ import numpy as np
 from hagg_tf.data.manifest import DatasetError, load_manifest
 from hagg_tf.data.records import read_samples
 from hagg_tf.model.io import atomic_write
-from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, NUM_LEVELS
+from hagg_tf.networks.preprocessing import (INVERSION_THRESHOLD, NUM_LEVELS,
+                                            preprocess_images_numpy)
 
 #: Version of the cache layout.
 CACHE_FORMAT = 1
@@ -53,8 +54,8 @@ def preprocess_levels(counts: np.ndarray, electrons_per_pixel: float,
                       invert: bool) -> np.ndarray:
     """The paper's preprocessing as integer grey levels k (x = −0.5 + k/255).
 
-    The same arithmetic as :func:`hagg_tf.networks.preprocess_images_numpy` (float32, round half
-    to even), stopped before the final shift so that the levels stay integers.
+    :func:`hagg_tf.networks.preprocess_images_numpy` gives x = k/255 − 0.5 in float32; k is
+    recovered exactly by rounding (x + 0.5)·255, the levels being 1/255 apart.
 
     Args:
         counts: (H, W) detector counts.
@@ -64,17 +65,10 @@ def preprocess_levels(counts: np.ndarray, electrons_per_pixel: float,
     Returns:
         (H, W) uint8 levels.
     """
-    image = np.asarray(counts).astype(np.float32)
-    if invert:
-        image = image / np.float32(electrons_per_pixel)
-        threshold = np.float32(INVERSION_THRESHOLD)
-        image = np.where(image > threshold, np.float32(1.0) / np.maximum(image, threshold), image)
-    lowest, highest = image.min(), image.max()
-    span = highest - lowest
-    if span <= 0:
-        return np.zeros(image.shape, np.uint8)
-    unit = (image - lowest) / span
-    return np.round(unit * np.float32(NUM_LEVELS - 1)).astype(np.uint8)
+    values = preprocess_images_numpy(
+        counts, np.float32(electrons_per_pixel),
+        inversion_threshold=INVERSION_THRESHOLD if invert else None)
+    return np.round((values + np.float32(0.5)) * np.float32(NUM_LEVELS - 1)).astype(np.uint8)
 
 
 def pool_sums(levels: np.ndarray, pooling: int) -> np.ndarray:

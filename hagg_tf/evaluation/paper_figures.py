@@ -120,6 +120,12 @@ def plot_fig09(metrics: dict, path) -> Path:
     return _finish(figure, path)
 
 
+def _group_estimates(predictions: Predictions, settings: dict) -> dict:
+    """θ̂ of the evaluation's groups of ν (the ones the metrics were computed on)."""
+    return paper_evaluation.theta_level_estimates(
+        predictions, paper_evaluation.groups_for(predictions, settings["nu"], settings["seed"]))
+
+
 def plot_fig10(predictions: Predictions, metrics: dict, path) -> Path:
     """Fig. 10: (a) D̂_f(I) − D_f(A) against D_f(A), (b) θ̂_Df − θ_Df per preset θ_Df."""
     plt = _pyplot()
@@ -127,8 +133,7 @@ def plot_fig10(predictions: Predictions, metrics: dict, path) -> Path:
     arrays = predictions.arrays
     truth = np.asarray(arrays["fractal_dimension"], np.float64)
     error = np.asarray(arrays["fractal_dimension_pred"], np.float64) - truth
-    estimates = paper_evaluation.theta_level_estimates(
-        predictions, paper_evaluation.groups_for(predictions, settings["nu"], settings["seed"]))
+    estimates = _group_estimates(predictions, settings)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     _density_scatter(axes[0], truth, error)
     axes[0].axhline(0.0, color="k", linewidth=0.6, linestyle="--")
@@ -154,8 +159,7 @@ def plot_fig11(predictions: Predictions, metrics: dict, path) -> Path:
     truth = np.asarray(arrays["mixing_ratio"], np.float64)
     regressor = np.asarray(arrays["mixing_ratio_regressor_pred"], np.float64) - truth
     combined = paper_evaluation.per_image_mixing_ratio(predictions) - truth
-    estimates = paper_evaluation.theta_level_estimates(
-        predictions, paper_evaluation.groups_for(predictions, settings["nu"], settings["seed"]))
+    estimates = _group_estimates(predictions, settings)
     fig11 = metrics["fig11"]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=False)
     for ax, error in ((axes[0], regressor), (axes[1], combined)):

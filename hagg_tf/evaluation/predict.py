@@ -142,13 +142,12 @@ def fit_group_head(network: str, nu: int, train_features: np.ndarray, train_labe
     """
     import keras
 
+    from hagg_tf.networks.architecture import apply_head, network_spec
+
     keras.utils.set_random_seed(seed)
     column = _THETA_COLUMN[network]
     inputs = keras.Input((nu * train_features.shape[1],))
-    hidden = keras.layers.Dense(44, activation="relu")(inputs)
-    output = keras.layers.Dense(1, activation="relu",
-                                bias_initializer=keras.initializers.Constant(3.5))(hidden)
-    head = keras.Model(inputs, output)
+    head = keras.Model(inputs, apply_head(inputs, network_spec(network)))
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")
     width = nu * train_features.shape[1]
     validation_groups = disjoint_groups(validation_labels["theta_id"], nu, seed=seed)
@@ -196,7 +195,7 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
     Returns:
         :class:`Predictions`.
     """
-    from hagg_tf.networks import network_spec
+    from hagg_tf.training.pooled import apply_trained_head
     from hagg_tf.training.runtime import import_tensorflow_quietly
 
     import_tensorflow_quietly()
@@ -229,11 +228,8 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
         for name in MULTI_IMAGE_NETWORKS:
             features = outputs[f"features/{name}"][groups].reshape(len(groups), -1)
             if nu == trained_nu:
-                head = models[name]
-                values = features
-                for layer in ("g_dense_44", "g_dense_1", network_spec(name).output_name):
-                    values = head.get_layer(layer)(values)
-                arrays[f"{name}_pred_nu{nu}"] = np.asarray(values)[:, 0]
+                arrays[f"{name}_pred_nu{nu}"] = np.asarray(
+                    apply_trained_head(models[name], features))[:, 0]
                 continue
             (train_out, train_labels) = reference["train"]
             (validation_out, validation_labels) = reference["validation"]

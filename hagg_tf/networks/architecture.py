@@ -312,7 +312,7 @@ def _output_activation_layer(spec: NetworkSpec) -> keras.layers.Layer:
     raise ValueError(f"unknown output activation {spec.output_activation!r}")
 
 
-def _apply_head(features, spec: NetworkSpec):
+def apply_head(features, spec: NetworkSpec):
     """Head g (Table 3, layers 18–19) plus the network-specific output activation."""
     hidden = keras.layers.Dense(HEAD_HIDDEN_UNITS, activation="relu",
                                 name=f"g_dense_{HEAD_HIDDEN_UNITS}")(features)
@@ -376,7 +376,7 @@ def build_network(name: str, image_size: int = DEFAULT_IMAGE_SIZE,
     if not spec.multi_image:
         images = keras.Input(shape=(image_size, image_size, 1), name="images")
         features = feature_extractor(images)
-        return keras.Model(images, _apply_head(features, spec), name=spec.name)
+        return keras.Model(images, apply_head(features, spec), name=spec.name)
 
     num_images = int(num_images)
     if num_images < 1:
@@ -394,7 +394,7 @@ def build_network(name: str, image_size: int = DEFAULT_IMAGE_SIZE,
             feature_extractor, name="time_distributed_f")(images)
     # (b, nu, 112) -> (b, nu·112): slot-major concatenation of the nu feature vectors.
     concatenated = keras.layers.Flatten(name="concatenate_features")(per_image_features)
-    return keras.Model(images, _apply_head(concatenated, spec), name=spec.name)
+    return keras.Model(images, apply_head(concatenated, spec), name=spec.name)
 
 
 def get_feature_extractor(model: keras.Model) -> keras.Model:

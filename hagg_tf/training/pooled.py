@@ -40,6 +40,7 @@ from typing import Optional, Union
 import numpy as np
 
 from hagg_tf.data.pooled import PooledSplit, load_pooled_split
+from hagg_tf.evaluation.predictions import disjoint_groups
 from hagg_tf.training import trainer
 from hagg_tf.training.runtime import import_tensorflow_quietly
 
@@ -77,9 +78,16 @@ def pooled_twin(model, keras):
     else:
         inputs = keras.Input((side, side, 1), name="pooled_images")
         features = features_of(inputs)
-    for name in ("g_dense_44", "g_dense_1", spec.output_name):
+    return keras.Model(inputs, apply_trained_head(model, features), name=f"{model.name}_pooled")
+
+
+def apply_trained_head(model, features):
+    """The head g (and output activation) of ``model`` applied to ``features`` (b, ν·112)."""
+    from hagg_tf import networks
+
+    for name in ("g_dense_44", "g_dense_1", networks.network_spec(model.name).output_name):
         features = model.get_layer(name)(features)
-    return keras.Model(inputs, features, name=f"{model.name}_pooled")
+    return features
 
 
 def _pooled_chain(model):
@@ -127,13 +135,8 @@ def epoch_plan(split: PooledSplit, network: str, batch_size: int, seed: int, epo
     """
     rng = np.random.default_rng([int(seed), int(epoch) if training else 0, 0x504F4F4C])
     if network in MULTI_IMAGE_THETA_COLUMNS:
-        samples = []
-        theta_ids = split.labels["theta_id"]
-        for theta_id in np.unique(theta_ids):
-            rows = rng.permutation(np.flatnonzero(theta_ids == theta_id))
-            samples.extend(rows[k * num_images:(k + 1) * num_images]
-                           for k in range(len(rows) // num_images))
-        samples = np.asarray(samples, dtype=np.int64).reshape(-1, num_images)
+        samples = disjoint_groups(split.labels["theta_id"], num_images,
+                                  seed=int(rng.integers(2 ** 31)))
     else:
         samples = np.arange(len(split), dtype=np.int64)
         if network == "mixing_ratio_classifier" and training:
