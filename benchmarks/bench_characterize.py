@@ -78,7 +78,7 @@ def _emit(**record):
 
 def main(argv):
     del argv
-    from hagg_tf.training.runtime import import_tensorflow_quietly
+    from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     tf = import_tensorflow_quietly()
     from hagg_tf import networks

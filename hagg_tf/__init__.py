@@ -16,12 +16,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # hagg_tf.characterize and hagg_tf.networks need TensorFlow; load them on first use only,
-    # so that the model, descriptors and I/O stay importable (and fast) without it.
+    # hagg_tf.characterize and hagg_tf.models (the network builders) need TensorFlow; load them
+    # on first use only, so that the model, descriptors and I/O stay importable (and fast)
+    # without it. hagg_tf.networks is the internal package behind hagg_tf.models.
     if name == "characterize":
         from hagg_tf.estimation import characterize
         return characterize
-    if name in ("networks", "models"):
+    if name in ("models", "networks"):
         import importlib
-        return importlib.import_module("hagg_tf.networks")
+        return importlib.import_module(f"hagg_tf.{name}")
     raise AttributeError(f"module 'hagg_tf' has no attribute {name!r}")

@@ -55,7 +55,14 @@ def test_estimate_theta_follows_eqs_13_to_15():
     assert estimate.theta == (estimate.fractal_dimension, estimate.mixing_ratio, 3, 0)
     record = estimate.as_dict()
     assert record["theta"][2:] == [3, 0] and len(record["fractal_dimension_per_image"]) == 4
-    assert round_cluster_size(-0.3) == 0 and round_cluster_size(5.5) == 6
+
+
+def test_round_cluster_size_is_the_nearest_integer_at_least_zero():
+    # η of Sec. 2.3.4. Below −0.5 plain rounding gives −1, −2: the clamp must make them 0.
+    for raw, expected in ((-0.7, 0), (-1.6, 0), (-25.0, 0), (-0.3, 0), (0.0, 0), (0.49, 0),
+                          (0.51, 1), (2.6, 3), (5.5, 6), (4.5, 4), (3.49, 3)):  # ties to even
+        rounded = round_cluster_size(raw)
+        assert type(rounded) is int and rounded == expected, (raw, rounded)  # an int: no −0.0
 
 
 def test_theta_estimate_from_composite_outputs():

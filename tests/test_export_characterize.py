@@ -155,3 +155,57 @@ def test_float16_kernels_halve_the_weights_and_change_little(exported):
                 "tio2_cluster_size_per_subset"):
         # Kernels rounded to float16 (relative 5e-4) with the last layer amplified 10×.
         np.testing.assert_allclose(half_out[key], full_out[key], rtol=0, atol=0.05, err_msg=key)
+
+
+def test_composite_rounds_cluster_sizes_to_integers_at_least_zero(exported):
+    # CNN^0 and CNN^1 end in a ReLU, so the shipped heads never go negative; give them a shifted
+    # sigmoid to see the graph's η where the clamp matters: (−2, −1) must round to 0, not −1 or
+    # −2, exactly as the numpy estimator's round_cluster_size does; (2, 3) rounds normally.
+    from hagg_tf.estimation import round_cluster_size
+    models, _, _ = exported
+    weights = {name: network_weights(models[name]) for name in NETWORK_ORDER}
+    settings = {name: dict(_network_settings(models[name])) for name in NETWORK_ORDER}
+    settings["wo3_cluster_size"].update(activation="scaled_sigmoid", scale=1.0, offset=-2.0)
+    settings["tio2_cluster_size"].update(activation="scaled_sigmoid", scale=1.0, offset=2.0)
+    module = CharacterizeModule(weights, settings, SMALL, NU, kernel_dtype="float32")
+    counts = synthetic_counts(np.random.default_rng(4), (3, NU), SMALL).astype(np.float32)
+    electrons = np.full((3, NU), ELECTRONS_PER_PIXEL, np.float32)
+    for outputs in (module.serve(counts, electrons), module.serve_uint16(
+            counts.astype(np.uint16), electrons)):
+        outputs = {key: value.numpy() for key, value in outputs.items()}
+        wo3_raw, tio2_raw = outputs["wo3_cluster_size_raw"], outputs["tio2_cluster_size_raw"]
+        assert np.all((wo3_raw > -2) & (wo3_raw < -1)) and np.all((tio2_raw > 2) & (tio2_raw < 3))
+        np.testing.assert_array_equal(outputs["wo3_cluster_size"], 0)
+        for row in range(3):
+            estimate = ThetaEstimate.from_outputs(outputs, row)
+            assert estimate.wo3_cluster_size == round_cluster_size(wo3_raw[row]) == 0
+            assert estimate.tio2_cluster_size == round_cluster_size(tio2_raw[row])
+        np.testing.assert_array_equal(outputs["theta"][:, 2], 0.0)
+        np.testing.assert_array_equal(outputs["theta"][:, 3], np.round(tio2_raw))
+
+
+def test_tensorflow_inversion_keeps_p_equal_to_t_and_inverts_just_above():
+    # Sec. 2.3.5 / SPEC §7: p > t (t = 0.001) becomes 1/p; p ≤ t stays. The graphs compute in
+    # float32, so "exactly t" is float32(0.001) and its neighbours are one ulp away.
+    from hagg_tf.networks.preprocessing import invert_intensities, preprocess_images
+    t = np.float32(0.001)
+    below, above = np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(1))
+    p = np.array([0.0, below, t, above, 0.004], np.float32)
+    got = invert_intensities(tf.constant(p), 0.001).numpy()
+    expected = np.array([0.0, below, t, np.float32(1) / above, np.float32(1) / p[4]], np.float32)
+    np.testing.assert_array_equal(got, expected)
+
+    # The same decision from detector counts: one count with 999, 1000 and 1001 electrons per
+    # pixel gives p just above, exactly at (1/1000 in float32 is float32(0.001)) and below t.
+    assert np.float32(1) / np.float32(1000) == t
+    image = np.zeros((4, 4), np.float32)
+    image[0, 0], image[3, 3] = 1.0, 100.0  # the probed pixel and a bright one
+    images = np.stack([image] * 3)
+    electrons = np.array([999.0, 1000.0, 1001.0], np.float32)
+    out = preprocess_images(tf.constant(images), tf.constant(electrons),
+                            inversion_threshold=0.001).numpy()
+    # Inverted, the one-count pixel (1/p ≈ 1000) outshines the bright one (1/p ≈ 10): +0.5.
+    # Kept, it stays next to the background: −0.5 after scaling to 256 levels.
+    assert [out[i, 0, 0] for i in range(3)] == [0.5, -0.5, -0.5]
+    np.testing.assert_array_equal(out, preprocess_images_numpy(
+        images, electrons, inversion_threshold=INVERSION_THRESHOLD))

@@ -111,7 +111,7 @@ def _cli(*arguments, cwd):
     (["--theta=2,0.5,1"], "four values"),
     (["--theta=2,a,1,1"], "four comma-separated numbers"),
     (["--min_size=60", "--max_size=30"], "size bounds reversed"),
-    (["--count=0"], "--count must be at least 1"),
+    (["--count=0"], "--count=0: 0 is not a positive integer"),
 ])
 def test_cli_rejects_bad_input_with_one_line_and_nonzero_exit(tmp_path, arguments, message):
     result = _cli(*arguments, f"--output={tmp_path / 'out'}", cwd=tmp_path)
@@ -131,3 +131,76 @@ def test_cli_generates_and_exports(tmp_path):
     assert len(io.read_xyz(output / "aggregates.xyz")) == 3
     assert batch.load_directory(output)[1] == sample_aggregate(
         ModelParameters(1.9, 0.4, 2, 3), seed=0, index=1)
+
+
+def _native_arrays(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _labels_of_halves(arrays):
+    return np.where(arrays["labels"] == 1, 1.5, 0.5)
+
+
+def _one_bad_radius(arrays, value):
+    radii = arrays["radii"].copy()
+    radii[5] = value
+    return radii
+
+
+def _theta_with_cluster_size(arrays, value):
+    theta = arrays["theta"].copy()
+    theta[1, 2] = value
+    return theta
+
+
+# Each case: arrays to replace (None deletes the key) in a valid three-aggregate file, and a
+# piece of the expected message.
+_DAMAGED_FILES = {
+    "missing_key": (lambda arrays: {"radii": None}, r"missing array\(s\) radii"),
+    "missing_keys": (lambda arrays: {"seed": None, "restarts": None},
+                     r"missing array\(s\) seed, restarts"),
+    "theta_shape": (lambda arrays: {"theta": arrays["theta"][:, :3]},
+                    r"theta has shape \(3, 3\), expected \(3, 4\)"),
+    "seed_shape": (lambda arrays: {"seed": arrays["seed"][:1]},
+                   r"seed has shape \(1,\), expected \(3,\)"),
+    "positions_shape": (lambda arrays: {"positions": arrays["positions"][:, :2]},
+                        r"positions has shape \(\d+, 2\)"),
+    "sizes_sum": (lambda arrays: {"sizes": arrays["sizes"] + 1}, r"positions has shape"),
+    "no_sizes": (lambda arrays: {"sizes": np.zeros(0, dtype=np.int64)}, r"M >= 1"),
+    "float_labels": (lambda arrays: {"labels": _labels_of_halves(arrays)},
+                     "labels has dtype float64, expected integers"),
+    "label_two": (lambda arrays: {"labels": arrays["labels"] + 2}, "labels must be 0"),
+    "text_radii": (lambda arrays: {"radii": arrays["radii"].astype(str)}, "radii has dtype"),
+    "negative_radius": (lambda arrays: {"radii": _one_bad_radius(arrays, -1.0)}, "positive"),
+    "nan_radius": (lambda arrays: {"radii": _one_bad_radius(arrays, np.nan)}, "finite"),
+    "fractional_cluster_size": (lambda arrays: {"theta": _theta_with_cluster_size(arrays, 2.5)},
+                                "aggregate 1: wo3_cluster_size"),
+    "negative_seed": (lambda arrays: {"seed": np.array([4, -7, 4])}, "aggregate 1: seed"),
+    "version_shape": (lambda arrays: {"format_version": np.array([1])}, "format_version"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_DAMAGED_FILES))
+def test_damaged_native_files_raise_aggregate_file_error_naming_file_and_problem(
+        tmp_path, aggregates, case):
+    changes, message = _DAMAGED_FILES[case]
+    arrays = _native_arrays(save_aggregates(tmp_path / "good.npz", aggregates))
+    for key, value in changes(arrays).items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    damaged = tmp_path / f"{case}.npz"
+    np.savez(damaged, **arrays)
+    with pytest.raises(io.AggregateFileError, match=f"{case}.npz: .*{message}"):
+        load_aggregates(damaged)
+
+
+def test_largest_allowed_seed_and_index_round_trip(tmp_path):
+    from hagg_tf.model.parameters import MAX_SEED, GeneratorConfig
+
+    aggregate = sample_aggregate(ModelParameters(2.0, 0.5, 2, 2), seed=MAX_SEED, index=MAX_SEED,
+                                 config=GeneratorConfig(min_size=4, max_size=6))
+    loaded = load_aggregate(save_aggregate(tmp_path / "max.npz", aggregate))
+    assert loaded == aggregate and loaded.seed == MAX_SEED and loaded.index == MAX_SEED

@@ -12,6 +12,7 @@ from hagg_tf.model.batch import iter_aggregates, random_table2_params
 from hagg_tf.model.descriptors import contact_graph, overlapping_pairs
 from hagg_tf.model.generator import (GenerationError, eq8_distance, rng_for,
                                      sample_primary_cluster)
+from hagg_tf.model.parameters import TIO2, WO3
 
 SEED = 11
 
@@ -87,19 +88,31 @@ def test_radii_are_lognormal_with_mean_12_and_sd_3(table2_draws):
     assert abs(skewness) < 0.1
 
 
-def test_cluster_labels_are_bernoulli_with_the_model_probability():
-    params = ModelParameters(1.8, 0.3, 2, 5)
-    expected = params.tio2_cluster_probability  # (0.7·2)/(0.7·2 + 0.3·5) = 0.4828
-    assert expected == pytest.approx(1.4 / 2.9)
+@pytest.mark.parametrize("mixing_ratio, wo3_size, tio2_size", [(0.3, 5, 2), (0.7, 2, 5)])
+def test_cluster_labels_are_bernoulli_with_the_model_probability(mixing_ratio, wo3_size,
+                                                                  tio2_size):
+    # Paper Sec. 2.1.1: P(L = 1) = (1 − θ_ρ)θ_0 / ((1 − θ_ρ)θ_0 + θ_ρθ_1), written out here:
+    # (0.7·5)/(0.7·5 + 0.3·2) = 0.854 and (0.3·2)/(0.3·2 + 0.7·5) = 0.146, far from 1/2 so that
+    # labels swapped between the materials (P → 1 − P) cannot pass.
+    expected = ((1 - mixing_ratio) * wo3_size
+                / ((1 - mixing_ratio) * wo3_size + mixing_ratio * tio2_size))
+    assert abs(expected - 0.5) > 0.35
+    params = ModelParameters(1.8, mixing_ratio, wo3_size, tio2_size)
     tio2_clusters = total_clusters = 0
-    for index in range(150):
+    for index in range(100):
         aggregate = sample_aggregate(params, seed=3, index=index)
-        first_of_cluster = np.unique(aggregate.cluster_ids, return_index=True)[1]
-        tio2_clusters += int((aggregate.labels[first_of_cluster] == 1).sum())
+        _, first_of_cluster, sizes = np.unique(aggregate.cluster_ids, return_index=True,
+                                               return_counts=True)
+        cluster_labels = aggregate.labels[first_of_cluster]
+        # A cluster's size follows its label: θ_0 particles for WO3, θ_1 for TiO2.
+        assert np.all(sizes[cluster_labels == TIO2] == tio2_size)
+        assert np.all(sizes[cluster_labels == WO3] == wo3_size)
+        tio2_clusters += int((cluster_labels == TIO2).sum())
         total_clusters += first_of_cluster.size
     share = tio2_clusters / total_clusters
     standard_error = math.sqrt(expected * (1 - expected) / total_clusters)
     assert abs(share - expected) < 4 * standard_error
+    assert abs(share - (1 - expected)) > 20 * standard_error  # the swap is far out of reach
 
 
 def test_homogeneous_thetas_give_homogeneous_aggregates():

@@ -7,7 +7,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from hagg_tf import data, networks  # noqa: E402
+from hagg_tf import networks  # noqa: E402
 from hagg_tf.data import DatasetError  # noqa: E402
 from hagg_tf.data.manifest import load_manifest, shard_paths  # noqa: E402
 from hagg_tf.data.pooled import (build_pooled_cache, iter_pooled_shards,  # noqa: E402
@@ -27,12 +27,8 @@ POOLING = networks.get_architecture("compact").input_pooling
 
 
 @pytest.fixture(scope="module")
-def tiny_db(tmp_path_factory):
-    output = tmp_path_factory.mktemp("pooled") / "db"
-    report = data.generate_dataset(output, data.preset("tiny", image_size=SIZE), workers=1,
-                                   progress=False)
-    assert report.complete
-    return output
+def tiny_db(tiny_database):
+    return tiny_database(SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +233,40 @@ def test_compact_composite_export_matches_the_keras_networks(tmp_path):
     assert networks.architecture_of(rebuilt["wo3_cluster_size"]).name == "compact"
     np.testing.assert_allclose(np.asarray(rebuilt["fractal_dimension"](images[0, ..., None])),
                                expected[:, None], atol=1e-6)
+
+
+def test_pooled_run_out_of_budget_is_not_stopped_early_and_resumes(tiny_db, cache, tmp_path):
+    run = tmp_path / "df"
+    settings = dict(batch_size=4, steps_per_epoch=2, learning_rate=1e-3, dataset_dir=tiny_db,
+                    calibration_batches=1, reduce_lr_patience=None, verbose=0)
+    # A zero budget ends the run after its first epoch: not early stopping, not complete.
+    first = train_pooled_network("fractal_dimension", cache, run, epochs=3,
+                                 max_wall_seconds=0.0, **settings)
+    assert first.final_epoch == 1 and not first.stopped_early
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["status"] == "budget" and summary["stopped_early"] is False
+    first_rows = read_history(run)
+    assert [int(row["epoch"]) for row in first_rows] == [0]
+
+    second = train_pooled_network("fractal_dimension", cache, run, epochs=3, **settings)
+    assert second.initial_epoch == 1 and second.epochs_run == 2 and second.final_epoch == 3
+    rows = read_history(run)
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2] and rows[0] == first_rows[0]
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["status"] == "complete" and summary["images_seen"] == 3 * 2 * 4
+
+
+def test_pooled_run_ended_by_early_stopping_is_left_alone(tiny_db, cache, tmp_path):
+    run = tmp_path / "df"
+    settings = dict(batch_size=4, steps_per_epoch=1, dataset_dir=tiny_db,
+                    calibration_batches=1, verbose=0)
+    train_pooled_network("fractal_dimension", cache, run, epochs=1, **settings)
+    # What early stopping at epoch 1 of 5 leaves behind (patience cannot force it here).
+    path = run / SUMMARY
+    path.write_text(json.dumps({**json.loads(path.read_text()), "epochs": 5,
+                                "stopped_early": True}))
+    history = (run / "history.csv").read_text()
+    again = train_pooled_network("fractal_dimension", cache, run, epochs=5, **settings)
+    assert again.already_complete and again.epochs_run == 0 and again.final_epoch == 1
+    assert again.stopped_early
+    assert (run / "history.csv").read_text() == history

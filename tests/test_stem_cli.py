@@ -36,7 +36,7 @@ def test_simulate_from_theta_writes_png_with_metadata(tmp_path, table_file):
     out = tmp_path / "images"
     result = _run("simulate_stem.py", "--theta=1.8,0.5,2,3", "--count=2", "--seed=4",
                   "--image_size=64", "--pixel_size_nm=4", f"--tables={table_file}",
-                  f"--out_dir={out}", "--nosave_aggregates")
+                  f"--output={out}", "--nosave_aggregates")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["images"] == 2
@@ -50,8 +50,8 @@ def test_simulate_from_theta_writes_png_with_metadata(tmp_path, table_file):
 def test_simulate_same_images_with_two_workers(tmp_path, table_file):
     common = ["--theta=2.0,0.3,1,2", "--count=3", "--seed=8", "--image_size=48",
               "--pixel_size_nm=5", f"--tables={table_file}", "--nosave_aggregates"]
-    one = _run("simulate_stem.py", *common, f"--out_dir={tmp_path / 'one'}")
-    two = _run("simulate_stem.py", *common, f"--out_dir={tmp_path / 'two'}", "--workers=2")
+    one = _run("simulate_stem.py", *common, f"--output={tmp_path / 'one'}")
+    two = _run("simulate_stem.py", *common, f"--output={tmp_path / 'two'}", "--workers=2")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     for name in ("aggregate_000000.png", "aggregate_000002.png"):
         a, _ = read_stem_png(tmp_path / "one" / name)
@@ -69,7 +69,7 @@ def test_simulate_same_images_with_two_workers(tmp_path, table_file):
 def test_simulate_bad_input_fails_cleanly(tmp_path, table_file, args, message):
     if not any(arg.startswith("--tables") for arg in args):
         args = args + [f"--tables={table_file}"]
-    result = _run("simulate_stem.py", *args, f"--out_dir={tmp_path}")
+    result = _run("simulate_stem.py", *args, f"--output={tmp_path}")
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -79,7 +79,7 @@ def test_simulate_unknown_material_in_table_fails_cleanly(tmp_path, table_file):
     bad = tmp_path / "bad.csv"
     bad.write_text(table_file.read_text().replace("TiO2,rutile", "ZrO2,rutile", 1))
     result = _run("simulate_stem.py", "--theta=1.8,0.5,2,3", f"--tables={bad}",
-                  f"--out_dir={tmp_path}")
+                  f"--output={tmp_path}")
     assert result.returncode == 2
     assert "unknown material 'ZrO2'" in result.stderr and "bad.csv" in result.stderr
     assert "Traceback" not in result.stderr
@@ -90,7 +90,7 @@ def test_simulate_wrong_aggregate_file_fails_cleanly(tmp_path, table_file):
     wrong = tmp_path / "not_an_aggregate.npz"
     wrong.write_bytes(b"this is not a zip archive")
     result = _run("simulate_stem.py", f"--aggregates={wrong}", f"--tables={table_file}",
-                  f"--out_dir={tmp_path}")
+                  f"--output={tmp_path}")
     assert result.returncode == 2
     assert "not_an_aggregate.npz" in result.stderr and "Traceback" not in result.stderr
 
@@ -104,7 +104,7 @@ def test_simulate_from_aggregate_files(tmp_path, table_file):
     model_io.save_aggregate(tmp_path / "in" / "single.npz", aggregates[0])
     model_io.save_aggregates(tmp_path / "in" / "part.npz", aggregates[1:])
     result = _run("simulate_stem.py", f"--aggregates={tmp_path / 'in'}", f"--tables={table_file}",
-                  "--image_size=64", "--pixel_size_nm=5", f"--out_dir={tmp_path / 'out'}")
+                  "--image_size=64", "--pixel_size_nm=5", f"--output={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["images"] == 3
     counts, metadata = read_stem_png(tmp_path / "out" / "part_0001.png")
@@ -115,11 +115,11 @@ def test_simulate_from_aggregate_files(tmp_path, table_file):
 
 def test_plot_tables_and_fig3(tmp_path, table_file):
     pytest.importorskip("matplotlib")
-    result = _run("plot_stem.py", "--figure=tables", f"--tables={table_file}", f"--out_dir={tmp_path}")
+    result = _run("plot_stem.py", "--figure=tables", f"--tables={table_file}", f"--output={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stem_tables.png").stat().st_size > 10_000
     result = _run("plot_stem.py", "--figure=fig3", "--theta=1.8,0.5,2,2", "--image_size=128",
-                  "--pixel_size_nm=4", f"--tables={table_file}", f"--out_dir={tmp_path}")
+                  "--pixel_size_nm=4", f"--tables={table_file}", f"--output={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stem_fig3.png").stat().st_size > 10_000
 

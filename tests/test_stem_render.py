@@ -83,8 +83,11 @@ def test_mean_counts_follow_intensity_pixelwise():
     kwargs = dict(seed=5, tables=tables, pixel_size_nm=0.6, image_size=SIZE, scan_noise_nm=0.0)
     mean = np.mean([render_stem(particle, index=i, **kwargs).counts.astype(float)
                     for i in range(200)], axis=0)
-    reference = render_stem(particle, index=0, **kwargs)
-    expected = reference.metadata["electrons_per_pixel"] * reference.intensity
+    # Independent expectation: 149 e/Å² on (6 Å)² pixels = 5364 electrons, times the WO3 table
+    # (0.004 per nm) of the sphere's thickness at the pixel centres (z = 0: no blur).
+    xs, ys = _pixel_centres(0.6, (0.0, 0.0))
+    thickness = 2.0 * np.sqrt(np.clip(14.0 ** 2 - xs[None, :] ** 2 - ys[:, None] ** 2, 0.0, None))
+    expected = 149.0 * 6.0 ** 2 * 0.004 * thickness
     inside = expected > 100
     # 200 draws: s.e. of the mean is sqrt(λ/200) ≤ 7 % of sqrt(λ).
     z_scores = (mean[inside] - expected[inside]) / np.sqrt(expected[inside] / 200)
@@ -116,6 +119,44 @@ def test_blur_width_follows_height_times_tan_beta(height):
     # Blurring moves intensity around but keeps the total (the support lies inside the image).
     assert blurred.intensity.sum() == pytest.approx(sharp.sum(), rel=1e-4)
     assert blurred.metadata["focal_plane_z_nm"] == pytest.approx(-height)
+
+
+@pytest.mark.parametrize("focal_offset", [0.0, 30.0])
+def test_each_particle_is_blurred_by_its_own_distance_from_the_focal_plane(focal_offset):
+    # Four equal spheres, well apart laterally, at heights -100, 0, +60, +40 nm from their
+    # centre of mass, which sits at z = 50 nm (not at 0, so that a focal plane ignoring the
+    # centre of mass shows). The focal plane lies `focal_offset` above the centre of mass.
+    from scipy import ndimage
+    slope, radius, pixel, size = 0.004, 1.5, 0.25, 320  # intensity = slope × thickness (nm)
+    tables = _tables(wo3=lambda t: slope * t)
+    centre_z = 50.0
+    heights = np.array([-100.0, 0.0, 60.0, 40.0])
+    lateral = np.array([[-20.0, -20.0], [20.0, -20.0], [-20.0, 20.0], [20.0, 20.0]])
+    positions = np.column_stack([lateral, centre_z + heights])
+    aggregate = _aggregate(positions, np.full(4, radius), np.full(4, WO3))
+    image = render_stem(aggregate, seed=0, tables=tables, pixel_size_nm=pixel, image_size=size,
+                        center_nm=(0.0, 0.0), focal_plane_nm=focal_offset, scan_noise_nm=0.0,
+                        shot_noise=False)
+    focal_z = centre_z + focal_offset
+    assert image.metadata["focal_plane_z_nm"] == pytest.approx(focal_z)
+    # σ = |z − z_focal| tan β, β = 21.1 mrad (paper Sec. 2.1.4), in pixels.
+    sigmas_px = np.abs(centre_z + heights - focal_z) * math.tan(0.0211) / pixel
+    xs, ys = _pixel_centres(pixel, (0.0, 0.0), size)
+    expected = np.zeros((size, size))
+    # Window half-width, pixels: beyond 4σ of the widest blur (11 px at 130 nm) plus the radius.
+    half = 60
+    intensity = image.intensity.astype(np.float64)
+    for (x, y), sigma in zip(lateral, sigmas_px):
+        squared = radius ** 2 - (xs[None, :] - x) ** 2 - (ys[:, None] - y) ** 2
+        sharp = slope * 2.0 * np.sqrt(np.clip(squared, 0.0, None))
+        blurred = ndimage.gaussian_filter(sharp, sigma, mode="constant") if sigma > 0 else sharp
+        expected += blurred
+        row, col = int(np.argmin(np.abs(ys - y))), int(np.argmin(np.abs(xs - x)))
+        window = (slice(row - half, row + half), slice(col - half, col + half))
+        for axis in (0, 1):
+            added = _second_moment(intensity[window], axis) - _second_moment(sharp[window], axis)
+            assert added == pytest.approx(sigma ** 2, abs=0.02 + 0.01 * sigma ** 2)
+    np.testing.assert_allclose(intensity, expected, rtol=0, atol=1e-3 * expected.max())
 
 
 def test_wo3_brighter_than_tio2_of_same_thickness_with_shipped_tables():
@@ -211,7 +252,9 @@ def test_png_round_trip_keeps_counts_and_metadata(tmp_path):
     np.testing.assert_array_equal(counts, image.counts)
     assert metadata == image.metadata
     restored = intensity_from_counts(counts, metadata)
-    assert restored.max() == pytest.approx(image.counts.max() / metadata["electrons_per_pixel"])
+    # 149 e/Å² on (8 Å)² pixels: 9536 electrons per pixel.
+    np.testing.assert_allclose(restored, counts / 9536.0, rtol=1e-6)
+    assert restored.max() > 0
 
 
 def test_read_rejects_plain_png(tmp_path):
@@ -228,9 +271,38 @@ def test_default_image_is_512_square_uint16_with_metadata():
     assert image.counts.shape == (512, 512) and image.counts.dtype == np.uint16
     metadata = image.metadata
     assert metadata["dose_e_per_A2"] == 149.0
-    assert metadata["electrons_per_pixel"] == pytest.approx(
-        electrons_per_pixel(149.0, metadata["pixel_size_nm"]))
+    # Dose (e/Å²) × pixel area ((10 Å per nm × pixel nm)²), written out here.
+    pixel_area_angstrom2 = (10.0 * metadata["pixel_size_nm"]) ** 2
+    assert metadata["electrons_per_pixel"] == pytest.approx(149.0 * pixel_area_angstrom2)
+    assert electrons_per_pixel(149.0, 1.2) == pytest.approx(21456.0)  # 149 × 12²
+    assert electrons_per_pixel(100.0, 0.5) == pytest.approx(2500.0)  # 100 × 5²
     assert metadata["image_size"] == [512, 512] and metadata["focal_plane_offset_nm"] == 0.0
+
+
+@pytest.mark.parametrize("shot_noise", [False, True])
+def test_counts_saturate_at_65535_instead_of_wrapping(shot_noise):
+    # 20 000 e/Å² on 1 nm pixels: 2·10⁶ electrons per pixel; the WO3 table gives 0.004 per nm,
+    # so the centre of a 10 nm sphere (20 nm thick) expects 160 000 counts, beyond uint16.
+    tables = _tables(wo3=lambda t: 0.004 * t)
+    particle = _aggregate([[0.0, 0.0, 0.0]], [10.0], [WO3])
+    image = render_stem(particle, seed=4, tables=tables, pixel_size_nm=1.0, image_size=SIZE,
+                        center_nm=(0.0, 0.0), dose=20000.0, scan_noise_nm=0.0,
+                        shot_noise=shot_noise)
+    xs, ys = _pixel_centres(1.0, (0.0, 0.0))
+    thickness = 2.0 * np.sqrt(np.clip(100.0 - xs[None, :] ** 2 - ys[:, None] ** 2, 0.0, None))
+    expected = 20000.0 * 10.0 ** 2 * 0.004 * thickness
+    over = expected > 65535 * 1.05  # well above the limit: Poisson noise cannot bring them under
+    assert over.sum() > 100 and (expected > 70000).any() and (expected < 131070).any()
+    counts = image.counts
+    assert counts.dtype == np.uint16
+    assert np.all(counts[over] == 65535)  # clipped, not wrapped round to small values
+    below = (expected > 0) & (expected < 65535 * 0.95)
+    if shot_noise:
+        assert np.all(np.abs(counts[below] - expected[below]) < 6 * np.sqrt(expected[below]) + 1)
+    else:
+        np.testing.assert_allclose(counts[below], np.rint(expected[below]), atol=1)
+    assert image.metadata["saturated_pixels"] >= over.sum()
+    assert image.metadata["saturated_pixels"] <= np.count_nonzero(expected > 65535 * 0.95)
 
 
 def test_bad_arguments_raise():

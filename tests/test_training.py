@@ -144,3 +144,53 @@ def test_training_refuses_bad_settings(tiny_db, tmp_path):
     with pytest.raises(TrainingError, match="not deleting"):
         train_network("fractal_dimension", tiny_db, precious, overwrite=True)
     assert (precious / "thesis.tex").is_file()
+
+
+def test_step_backups_count_finished_epochs(tiny_db, tmp_path):
+    # Backing up every 3 steps of a 3-step epoch: Keras' own backup after the last step said
+    # "epoch 2" after 3 epochs, and the run looked stopped early with 2 epochs of images.
+    run = tmp_path / "df"
+    result = train_network("fractal_dimension", tiny_db, run, epochs=3, steps_per_epoch=3,
+                           batch_size=8, backup_every_steps=3, verify="size", verbose=0)
+    assert result.final_epoch == 3 and not result.stopped_early
+    assert backup_epoch(run) == 3
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["final_epoch"] == 3 and summary["stopped_early"] is False
+    assert summary["images_seen"] == 3 * 3 * 8
+    assert [int(row["epoch"]) for row in read_history(run)] == [0, 1, 2]
+
+
+def test_run_interrupted_between_step_backups_keeps_its_finished_epochs(tiny_db, tmp_path):
+    run = tmp_path / "df"
+    settings = dict(epochs=3, steps_per_epoch=3, batch_size=8, backup_every_steps=3,
+                    learning_rate=1e-3, verify="size", verbose=0)
+    # Killed at the first step of epoch 1: epoch 0 is finished and has its history row.
+    interrupter = _Interrupter(epoch=1, step=1)
+    with pytest.raises(Interrupted):
+        train_network("fractal_dimension", tiny_db, run, callbacks=[interrupter], **settings)
+    assert backup_epoch(run) == 1
+    first_row = read_history(run)
+    assert [int(row["epoch"]) for row in first_row] == [0]
+    weights_after_epoch_0, iterations = interrupter.backed_up
+    assert iterations == 3
+
+    # The resumed run starts epoch 1 from the state after epoch 0 and is killed again after
+    # the step backup at its last step, before epoch 1 ends.
+    probe, interrupter = _Probe(), _Interrupter(epoch=1, step=3)
+    with pytest.raises(Interrupted):
+        train_network("fractal_dimension", tiny_db, run, callbacks=[probe, interrupter],
+                      **settings)
+    assert probe.first_epoch == 1 and probe.start[1] == 3
+    for restored, saved in zip(probe.start[0], weights_after_epoch_0):
+        np.testing.assert_array_equal(restored, saved)
+    metadata = json.loads((run / "backup" / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 1  # epoch 1 is unfinished: it is redone from its start
+    assert read_history(run) == first_row
+
+    result = train_network("fractal_dimension", tiny_db, run, **settings)
+    assert result.initial_epoch == 1 and result.epochs_run == 2 and result.final_epoch == 3
+    assert not result.stopped_early
+    rows = read_history(run)
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert rows[0] == first_row[0]  # the finished epoch's row is neither replaced nor repeated
+    assert json.loads((run / SUMMARY).read_text())["images_seen"] == 3 * 3 * 8

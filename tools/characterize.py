@@ -1,7 +1,8 @@
-"""Thin entry point; the flags and the job live in hagg_tf.cli.characterize."""
-from absl import app
+"""Thin entry point of hagg-characterize.
 
-from hagg_tf.cli.characterize import main
+The flags and the job live in hagg_tf.cli.characterize (--help lists them).
+"""
+from hagg_tf.cli.characterize import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,7 +1,8 @@
-"""Thin entry point; the flags and the job live in hagg_tf.cli.evaluate."""
-from absl import app
+"""Thin entry point of hagg-evaluate.
 
-from hagg_tf.cli.evaluate import main
+The flags and the job live in hagg_tf.cli.evaluate (--help lists them).
+"""
+from hagg_tf.cli.evaluate import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

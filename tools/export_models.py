@@ -1,7 +1,8 @@
-"""Thin entry point; the flags and the job live in hagg_tf.cli.export_models."""
-from absl import app
+"""Thin entry point of hagg-export-models.
 
-from hagg_tf.cli.export_models import main
+The flags and the job live in hagg_tf.cli.export_models (--help lists them).
+"""
+from hagg_tf.cli.export_models import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

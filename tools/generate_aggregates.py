@@ -1,7 +1,8 @@
-"""Thin entry point; the flags and the job live in hagg_tf.cli.generate_aggregates."""
-from absl import app
+"""Thin entry point of hagg-generate-aggregates.
 
-from hagg_tf.cli.generate_aggregates import main
+The flags and the job live in hagg_tf.cli.generate_aggregates (--help lists them).
+"""
+from hagg_tf.cli.generate_aggregates import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,7 +1,8 @@
-"""Thin entry point; the flags and the job live in hagg_tf.cli.generate_dataset."""
-from absl import app
+"""Thin entry point of hagg-generate-dataset.
 
-from hagg_tf.cli.generate_dataset import main
+The flags and the job live in hagg_tf.cli.generate_dataset (--help lists them).
+"""
+from hagg_tf.cli.generate_dataset import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,6 +1,8 @@
-"""Compute the HAADF reference tables with abTEM (see hagg_tf/cli/make_haadf_tables.py)."""
-from absl import app
-from hagg_tf.cli.make_haadf_tables import main
+"""Compute the HAADF reference tables with abTEM.
+
+The flags and the job live in hagg_tf.cli.make_haadf_tables (--help lists them).
+"""
+from hagg_tf.cli.make_haadf_tables import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,6 +1,8 @@
-"""Figures of the STEM simulation (see hagg_tf/cli/plot_stem.py)."""
-from absl import app
-from hagg_tf.cli.plot_stem import main
+"""Figures of the STEM simulation.
+
+The flags and the job live in hagg_tf.cli.plot_stem (--help lists them).
+"""
+from hagg_tf.cli.plot_stem import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,6 +1,8 @@
-"""Simulate HAADF-STEM images of aggregates (see hagg_tf/cli/simulate_stem.py)."""
-from absl import app
-from hagg_tf.cli.simulate_stem import main
+"""Simulate HAADF-STEM images of aggregates.
+
+The flags and the job live in hagg_tf.cli.simulate_stem (--help lists them).
+"""
+from hagg_tf.cli.simulate_stem import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,7 +1,8 @@
-"""Thin entry point; the flags and the job live in hagg_tf.cli.train."""
-from absl import app
+"""Thin entry point of hagg-train.
 
-from hagg_tf.cli.train import main
+The flags and the job live in hagg_tf.cli.train (--help lists them).
+"""
+from hagg_tf.cli.train import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -5,15 +5,20 @@ Examples:
   hagg-characterize 'data/run7/*.tif' --pixel_size_nm=0.9 --dose=120 --shadows=800
   hagg-characterize img01.png img02.png ... --models=work/saved_models --output=work/run7
 
-Input: a folder, glob or files of 16-bit or 8-bit greyscale PNG/TIFF images of one sample (at
-least ν = 12 by default; more are used too). hagg_tf's own PNGs carry pixel size and dose; for
-other images give --pixel_size_nm, and --dose or --electrons_per_pixel (8-bit images need
---electrons_per_pixel, the grey value of the unscattered beam). Images at another pixel size are
-resampled to the networks' (with a warning) and padded or cropped to their input size.
+Input: a folder, glob or files of 16-bit, 8-bit or float greyscale PNG/TIFF images of one
+sample (at least ν = 12 by default; more are used too). hagg_tf's own PNGs carry pixel size and
+dose; for other images give --pixel_size_nm, and --dose or --electrons_per_pixel. Only 16-bit
+images are taken as detector counts: 8-bit and float images need --electrons_per_pixel, the
+value the whole incident beam would have in the image (1 for intensities as fractions of the
+beam). Images at another pixel size are resampled to the networks' (with a warning) and padded
+or cropped to their input size (with a note).
 
-Output (default work/characterize/<name of the folder>): report.json (θ̂ with every network's
-raw output, the shadows' descriptors, warnings, timings), shadows.npz and shadows.xyz (the
-digital shadows) and characterize.png. Bad input: one 'error:' line, exit status 2.
+Output (default work/characterize/<name of the folder>): one line per estimated quantity
+(what it means, its value, its typical error from the model card; the shadows' descriptors with
+their spread), and the files report.json (θ̂ with every network's raw output, the shadows'
+descriptors, the quantities' meanings, warnings, timings), shadows.npz and shadows.xyz (the
+first 1000 digital shadows) and characterize.png. --shadows is at most 100 000; runs of more
+than 500 shadows show a progress bar on stderr. Bad input: one 'error:' line, exit status 2.
 """
 from __future__ import annotations
 
@@ -23,27 +28,27 @@ import sys
 import textwrap
 import time
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail
+from hagg_tf.cli import (check_output_dir, define_float, define_pixel_size, define_seed, fail,
+                         run_tool)
 
 _MODELS = flags.DEFINE_string(
     "models", None, "Composite SavedModel (export base, model or version directory); default: "
     "the shipped saved_models/ ($HAGG_TF_MODELS overrides).")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "Output directory (default work/characterize/<input name>).")
-_PIXEL_SIZE = flags.DEFINE_float("pixel_size_nm", None,
-                                 "Pixel size of the images, nm (for images without hagg_tf "
-                                 "metadata; overrides it otherwise).")
-_ELECTRONS = flags.DEFINE_float("electrons_per_pixel", None,
-                                "Incident electrons per pixel (8-bit: grey value of the full "
-                                "beam).")
-_DOSE = flags.DEFINE_float("dose", None, "Electron dose, e/Å², for 16-bit images without "
-                           "metadata (default: the paper's 149, with a warning).")
+_PIXEL_SIZE = define_pixel_size(None, "Pixel size of the images, nm (for images without "
+                                "hagg_tf metadata; overrides it otherwise).")
+_ELECTRONS = define_float("electrons_per_pixel", None,
+                          "Incident electrons per pixel, > 0 (8-bit: grey value of the full "
+                          "beam).", positive=True)
+_DOSE = define_float("dose", None, "Electron dose, e/Å², > 0, for 16-bit images without "
+                     "metadata (default: the paper's 149, with a warning).", positive=True)
 _SHADOWS = flags.DEFINE_integer("shadows", 100, "Digital shadows to draw (the paper: 800).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the digital shadows.")
+_SEED = define_seed(0, "Seed of the digital shadows.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Processes drawing shadows (default: one up "
-                                "to 200 shadows, else all cores).")
+                                "to 200 shadows, else all cores).", lower_bound=1)
 _FIGURE = flags.DEFINE_bool("figure", True, "Write characterize.png (needs matplotlib).")
 _XYZ = flags.DEFINE_bool("xyz", True, "Also write the shadows as extended XYZ.")
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only the result lines.")
@@ -64,18 +69,21 @@ def main(argv):
     inputs = list(argv[1:])
     from hagg_tf.estimation import (InputError, find_image_files, find_model, format_summary,
                                     load_stem_images)
+    from hagg_tf.estimation.images import check_resampling
 
     if not inputs:
         fail("no images given: hagg-characterize FOLDER | GLOB | FILES... (PNG or TIFF)")
+    from hagg_tf.estimation.shadows import MAX_SHADOWS
     if _SHADOWS.value < 1:
         fail(f"--shadows must be at least 1, got {_SHADOWS.value}")
-    if _WORKERS.value is not None and _WORKERS.value < 1:
-        fail(f"--workers must be at least 1, got {_WORKERS.value}")
-    for flag in (_PIXEL_SIZE, _ELECTRONS, _DOSE):
-        if flag.value is not None and not flag.value > 0:
-            fail(f"--{flag.name} must be positive, got {flag.value}")
+    if _SHADOWS.value > MAX_SHADOWS:
+        fail(f"--shadows={_SHADOWS.value} is above the maximum of {MAX_SHADOWS} (10–20 ms of "
+             f"CPU each: {MAX_SHADOWS} take 15–30 CPU minutes, and their means are already "
+             "11× more precise than over the paper's 800)")
     # Everything that can be checked without TensorFlow is checked first: bad input fails in a
-    # second, not after the few seconds TensorFlow takes to load.
+    # second, not after the few seconds TensorFlow takes to load. (The flags' bounds, workers
+    # ≥ 1, finite positive pixel size, dose and electrons per pixel, were checked by absl.)
+    output = check_output_dir(_OUTPUT.value or _default_output(inputs))
     try:
         paths, notes = find_image_files(inputs)
         images, warnings = load_stem_images(paths, pixel_size_nm=_PIXEL_SIZE.value,
@@ -86,13 +94,16 @@ def main(argv):
     try:
         version_dir, metadata = find_model(_MODELS.value)
     except (FileNotFoundError, ValueError) as error:
-        fail(f"{error}; train and export networks (docs/learning.md) or give --models")
+        fail(str(error))  # names --models and $HAGG_TF_MODELS
     num_images = int(metadata["num_images"])
     if len(images) < num_images:
         fail(f"{len(images)} image(s) found, but the networks need at least nu = {num_images} "
               f"images of the sample ({', '.join(pathlib.Path(p).name for p in paths[:4])}"
               f"{' …' if len(paths) > 4 else ''})")
-    output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else _default_output(inputs)
+    try:
+        check_resampling(images, metadata.get("pixel_size_nm"))
+    except InputError as error:
+        fail(str(error))
 
     checked = time.perf_counter()
     # TensorFlow's C++ runtime logs non-fatal notices at error level (e.g. that oneDNN runs the
@@ -101,7 +112,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from hagg_tf.estimation import CharacterizeModel, characterize, write_outputs
     from hagg_tf.estimation.characterize import collapse_warnings, placeholder_warning
-    from hagg_tf.training.runtime import import_tensorflow_quietly
+    from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     imported = time.perf_counter()
@@ -109,7 +120,7 @@ def main(argv):
         model = CharacterizeModel(version_dir)
         loaded = time.perf_counter()
         result = characterize(images, model=model, shadows=_SHADOWS.value, seed=_SEED.value,
-                              workers=_WORKERS.value)
+                              workers=_WORKERS.value, progress=not _QUIET.value)
     except InputError as error:
         fail(str(error))
     result.timings.update(check_input=checked - started, import_tensorflow=imported - checked,
@@ -123,20 +134,15 @@ def main(argv):
     if placeholder:
         print(textwrap.fill(placeholder, width=100, initial_indent="NOTE: ",
                             subsequent_indent="      "))
-    elif not _QUIET.value and model.model_card.get("summary"):
-        card = model.model_card
-        print(textwrap.fill(f"networks: {card['summary']}"
-                            + (f"; measured {card['accuracy_summary']}"
-                               if card.get("accuracy_summary") else ""),
-                            width=100, subsequent_indent="      "))
     if not _QUIET.value:
         size = model.image_size
-        print(f"{len(images)} images → {size}×{size} px at {model.pixel_size_nm or '?'} nm/px; "
-              f"models: {version_dir}")
-        for note in result.notes:
-            print(f"note: {note}")
+        print(f"{len(images)} images, prepared as {size}×{size} px at "
+              f"{model.pixel_size_nm or '?'} nm/px for the networks in {version_dir}")
     for warning in collapse_warnings([item for item in result.warnings if item != placeholder]):
         print(f"warning: {warning}", file=sys.stderr)
+    if not _QUIET.value:
+        for note in collapse_warnings(result.notes):
+            print(f"note: {note}", file=sys.stderr)
     print(format_summary(result))
     if not _QUIET.value:
         timings = result.timings
@@ -149,7 +155,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main, arguments="FOLDER | GLOB | FILE ...")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ import os
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail, reject_extra_arguments
+from hagg_tf.cli import check_output_dir, define_seed, fail, reject_extra_arguments, run_tool
 from hagg_tf.model import batch
 
 _PREDICTIONS = flags.DEFINE_string(
@@ -48,14 +48,16 @@ _POOLED_CACHE = flags.DEFINE_string(
     "images from when its pooling matches the networks'; default: decode the TFRecords.")
 _SPLIT = flags.DEFINE_string("split", "evaluation", "Database split to evaluate (the paper's E).")
 _OUTPUT = flags.DEFINE_string("output", "work/evaluation", "Output directory.")
-_NU = flags.DEFINE_integer("nu", 12, "Images per group for every θ-level result.")
+_NU = flags.DEFINE_integer("nu", 12, "Images per group for every θ-level result.",
+                           lower_bound=1)
 _SHADOW_THETAS = flags.DEFINE_integer("shadow_thetas", 50,
-                                      "(θ, θ̂) pairs of Table 5; 0 skips the digital shadows.")
+                                      "(θ, θ̂) pairs of Table 5; 0 skips the digital shadows.",
+                                      lower_bound=0)
 _SHADOW_AGGREGATES = flags.DEFINE_integer("shadow_aggregates", 800,
-                                          "Aggregates drawn per θ and per θ̂.")
+                                          "Aggregates drawn per θ and per θ̂.", lower_bound=1)
 _WORKERS = flags.DEFINE_integer("workers", batch.default_workers(),
-                                "Processes drawing the digital shadows.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of groups, shadow configurations and shadows.")
+                                "Processes drawing the digital shadows.", lower_bound=1)
+_SEED = define_seed(0, "Seed of groups, shadow configurations and shadows.")
 _BASELINES = flags.DEFINE_string(
     "baselines", None, "Baseline results (.npz, per image, merged by record_index) or fitted "
     "baselines (.json, applied to the images of --dataset).")
@@ -124,16 +126,12 @@ def _model_card(predictions, ran_networks: bool):
 
 def main(argv):
     reject_extra_arguments(argv)
-    for flag, minimum in ((_NU, 1), (_SHADOW_THETAS, 0), (_SHADOW_AGGREGATES, 1),
-                          (_WORKERS, 1)):
-        if flag.value < minimum:
-            fail(f"--{flag.name} must be at least {minimum}, got {flag.value}")
+    output = check_output_dir(_OUTPUT.value)
     from hagg_tf.evaluation import paper_evaluation, report
     from hagg_tf.evaluation.predictions import (PredictionsError, load_predictions,
                                                 save_predictions)
     from hagg_tf.model.io import atomic_write
 
-    output = Path(_OUTPUT.value)
     baselines = Path(_BASELINES.value) if _BASELINES.value else None
     if baselines is not None:
         if baselines.suffix not in (".npz", ".json"):
@@ -199,7 +197,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

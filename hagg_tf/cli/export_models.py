@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail, reject_extra_arguments
+from hagg_tf.cli import check_output_dir, fail, reject_extra_arguments, run_tool
 
 from hagg_tf.training.exporting import NETWORK_NAMES
 
@@ -30,7 +30,8 @@ _FROM_COMPOSITE = flags.DEFINE_string(
     "from_composite", None, "Take the networks' weights from this composite export instead "
     "(export base, model or version directory).")
 _OUTPUT = flags.DEFINE_string("output", "work/saved_models", "Export base directory.")
-_VERSION = flags.DEFINE_integer("version", 1, "Version number of the exports.")
+_VERSION = flags.DEFINE_integer("version", 1, "Version number of the exports.",
+                                lower_bound=1)
 _KERNEL_DTYPE = flags.DEFINE_enum("kernel_dtype", "float16", ["float16", "float32"],
                                   "Storage type of the composite's kernels.")
 _COMPOSITE = flags.DEFINE_bool("composite", True, "Write the composite characterize model.")
@@ -51,16 +52,15 @@ def main(argv):
         fail("give exactly one of --runs (training runs) and --from_composite")
     if not (_COMPOSITE.value or _PER_NETWORK.value):
         fail("nothing to do: --nocomposite without --per_network")
-    if _VERSION.value < 1:
-        fail(f"--version must be a positive integer, got {_VERSION.value}")
     if _RUNS.value is not None:
         missing = [name for name in NETWORK_NAMES
                    if not (pathlib.Path(_RUNS.value) / name / "last.keras").is_file()]
         if missing:
             fail(f"{_RUNS.value}: no finished run of {', '.join(missing)} "
                   "(expected <runs>/<network>/last.keras from hagg-train)")
+    check_output_dir(_OUTPUT.value)
     from hagg_tf.training.exporting import export_from_composite, export_from_runs
-    from hagg_tf.training.runtime import import_tensorflow_quietly
+    from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     try:
@@ -89,7 +89,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

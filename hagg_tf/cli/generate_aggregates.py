@@ -12,9 +12,10 @@ written atomically; rerunning the same command resumes where it stopped.
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail, reject_extra_arguments
+from hagg_tf.cli import (check_output_dir, define_float, define_seed, fail,
+                         reject_extra_arguments, run_tool)
 
 from hagg_tf.model import batch, io
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters, ParameterError, table2_grid
@@ -25,29 +26,30 @@ _GRID = flags.DEFINE_enum(
     "grid", "none", ["none", "table2", "random"],
     "none: --count draws of --theta; table2: --count draws of each of Table 2's 3564 θ; "
     "random: --count draws, each with θ uniform on Table 2's grid.")
-_COUNT = flags.DEFINE_integer("count", 20, "Aggregates (per θ for --grid=table2).")
-_SEED = flags.DEFINE_integer("seed", 0, "Base seed; with the draw's index it fixes the draw.")
+_COUNT = flags.DEFINE_integer("count", 20, "Aggregates (per θ for --grid=table2).",
+                              lower_bound=1)
+_SEED = define_seed(0, "Base seed; with the draw's index it fixes the draw.")
 _OUTPUT = flags.DEFINE_string("output", "work/aggregates/default", "Output directory.")
-_WORKERS = flags.DEFINE_integer("workers", batch.default_workers(), "Worker processes.")
-_PART_SIZE = flags.DEFINE_integer("part_size", 1000, "Aggregates per part file.")
+_WORKERS = flags.DEFINE_integer("workers", batch.default_workers(), "Worker processes.",
+                                lower_bound=1)
+_PART_SIZE = flags.DEFINE_integer("part_size", 1000, "Aggregates per part file.",
+                                  lower_bound=1)
 _EXPORT = flags.DEFINE_enum("export", "none", ["none", "xyz", "csv"],
                             "Also write all aggregates as extended XYZ or CSV.")
-_MIN_SIZE = flags.DEFINE_integer("min_size", 20, "Smallest target particle count N.")
-_MAX_SIZE = flags.DEFINE_integer("max_size", 80, "Largest target particle count N.")
-_RADIUS_MEAN = flags.DEFINE_float("radius_mean", 12.0, "Mean particle radius, nm.")
-_RADIUS_STD = flags.DEFINE_float("radius_std", 3.0, "Standard deviation of the radius, nm.")
+_MIN_SIZE = flags.DEFINE_integer("min_size", 20, "Smallest target particle count N.",
+                                 lower_bound=1)
+_MAX_SIZE = flags.DEFINE_integer("max_size", 80, "Largest target particle count N.",
+                                 lower_bound=1)
+_RADIUS_MEAN = define_float("radius_mean", 12.0, "Mean particle radius, nm, > 0.", positive=True)
+_RADIUS_STD = define_float("radius_std", 3.0, "Standard deviation of the radius, nm, > 0.",
+                           positive=True)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 
 def main(argv):
     reject_extra_arguments(argv)
-    if _COUNT.value < 1:
-        fail(f"--count must be at least 1, got {_COUNT.value}")
-    if _WORKERS.value < 1:
-        fail(f"--workers must be at least 1, got {_WORKERS.value}")
-    if _PART_SIZE.value < 1:
-        fail(f"--part_size must be at least 1, got {_PART_SIZE.value}")
+    check_output_dir(_OUTPUT.value)
     try:
         config = GeneratorConfig(radius_mean=_RADIUS_MEAN.value, radius_std=_RADIUS_STD.value,
                                  min_size=_MIN_SIZE.value, max_size=_MAX_SIZE.value)
@@ -90,7 +92,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail, reject_extra_arguments
+from hagg_tf.cli import (MAX_IMAGE_SIZE, check_output_dir, define_pixel_size, define_seed, fail,
+                         reject_extra_arguments, run_tool)
 
 from hagg_tf.model.batch import default_workers
 
@@ -29,17 +30,20 @@ _PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "small", "tiny"],
                             "Database settings (see hagg_tf.data.design.PRESETS).")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "Database directory (default: work/datasets/<preset>).")
-_SEED = flags.DEFINE_integer("seed", None, "Base seed (default: the preset's, 0).")
-_WORKERS = flags.DEFINE_integer("workers", default_workers(), "Processes computing samples.")
+_SEED = define_seed(None, "Base seed (default: the preset's, 0).")
+_WORKERS = flags.DEFINE_integer("workers", default_workers(), "Processes computing samples.",
+                                lower_bound=1)
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None,
-                                   "Shards per split (default: the preset's; paper: 32).")
+                                   "Shards per split (default: the preset's; paper: 32).",
+                                   lower_bound=1)
 _SHARD_INDEX = flags.DEFINE_integer(
     "shard_index", -1, "Write only shard k (0 ≤ k < num_shards, with its train, validation and "
-    "evaluation parts), e.g. one cluster job per k; -1 writes all.")
+    "evaluation parts), e.g. one cluster job per k; -1 writes all.", lower_bound=-1)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None,
                                    "Pixels per image edge (default: the preset's; the field of "
-                                   "view stays 614.4 nm unless --pixel_size_nm is given).")
-_PIXEL_SIZE = flags.DEFINE_float("pixel_size_nm", None, "Pixel edge, nm.")
+                                   "view stays 614.4 nm unless --pixel_size_nm is given).",
+                                   lower_bound=8, upper_bound=MAX_IMAGE_SIZE)
+_PIXEL_SIZE = define_pixel_size(None, "Pixel edge, nm.")
 _TABLES = flags.DEFINE_string("tables", None,
                               "HAADF table file (default: the tables shipped with hagg_tf).")
 _VERIFY_ONLY = flags.DEFINE_bool("verify_only", False,
@@ -78,8 +82,7 @@ def main(argv):
         _print_manifest(manifest, output)
         return
 
-    if _WORKERS.value < 1:
-        fail(f"--workers must be at least 1, got {_WORKERS.value}")
+    check_output_dir(output)
     overrides = {key: flag.value for key, flag in (
         ("seed", _SEED), ("num_shards", _NUM_SHARDS), ("image_size", _IMAGE_SIZE),
         ("pixel_size_nm", _PIXEL_SIZE)) if flag.value is not None}
@@ -113,7 +116,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from hagg_tf.cli import (check_output_dir, check_output_file, define_float, define_seed, fail,
+                         reject_extra_arguments, run_tool)
+from hagg_tf.model.workers import make_process_pool
 
 _WORK_DIR = flags.DEFINE_string("work_dir", "work/stem/haadf_tables",
                                 "Directory for the per-table JSON results (resume state).")
@@ -35,7 +39,8 @@ _PHASES = flags.DEFINE_list("phases", ["WO3/gamma", "WO3/delta", "TiO2/rutile", 
                             "Phases to simulate, as material/phase.")
 _ORIENTATIONS = flags.DEFINE_list("orientations", None,
                                   "Orientation labels to simulate (default: all ten).")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Parallel processes (one table each).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Parallel processes (one table each).",
+                                lower_bound=1)
 _MERGE = flags.DEFINE_boolean("merge", True, "Merge into --output when all tables are done.")
 _MERGE_ONLY = flags.DEFINE_boolean("merge_only", False, "Only merge existing results.")
 _COMPARE = flags.DEFINE_list("compare", None,
@@ -43,17 +48,21 @@ _COMPARE = flags.DEFINE_list("compare", None,
 _STRUCTURE_FILES = flags.DEFINE_list(
     "structure_files", [], "Replace built-in structures: material/phase=path (any ASE-readable "
     "file, e.g. the original CIF).")
-_LATERAL = flags.DEFINE_float("lateral_nm", 1.28, "Simulation box edge, nm.")
-_GPTS = flags.DEFINE_integer("gpts", 512, "Grid points per box edge.")
-_SLICE = flags.DEFINE_float("slice_thickness", 2.0, "Slice thickness, Angstrom.")
-_MAX_THICKNESS = flags.DEFINE_float("max_thickness_nm", 64.0, "Largest thickness, nm.")
-_EXIT_EVERY = flags.DEFINE_float("exit_every_nm", 1.0, "Thickness step of the table, nm.")
-_CONFIGS = flags.DEFINE_integer("num_configs", 2, "Frozen-phonon configurations.")
-_POSITIONS = flags.DEFINE_integer("num_positions", 10, "Probe positions averaged.")
+_LATERAL = define_float("lateral_nm", 1.28, "Simulation box edge, nm, > 0.", positive=True)
+_GPTS = flags.DEFINE_integer("gpts", 512, "Grid points per box edge.", lower_bound=1)
+_SLICE = define_float("slice_thickness", 2.0, "Slice thickness, Angstrom, > 0.", positive=True)
+_MAX_THICKNESS = define_float("max_thickness_nm", 64.0, "Largest thickness, nm, > 0.",
+                              positive=True)
+_EXIT_EVERY = define_float("exit_every_nm", 1.0, "Thickness step of the table, nm, > 0.",
+                           positive=True)
+_CONFIGS = flags.DEFINE_integer("num_configs", 2, "Frozen-phonon configurations.",
+                                lower_bound=1)
+_POSITIONS = flags.DEFINE_integer("num_positions", 10, "Probe positions averaged.",
+                                  lower_bound=1)
 _PARAMETRIZATION = flags.DEFINE_enum("parametrization", "kirkland", ["kirkland", "lobato"],
                                      "Atomic potential parametrization.")
-_DEFOCUS = flags.DEFINE_float("defocus", 1000.0, "Probe defocus, Angstrom (see MultisliceSettings).")
-_SEED = flags.DEFINE_integer("seed", 20231028, "Base seed.")
+_DEFOCUS = define_float("defocus", 1000.0, "Probe defocus, Angstrom (see MultisliceSettings).")
+_SEED = define_seed(20231028, "Base seed.")
 
 
 def _result_path(work_dir: Path, key: str, orientation: str) -> Path:
@@ -89,7 +98,7 @@ def _compare(paths: list[str]) -> None:
         try:
             results.append(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as error:
-            raise app.UsageError(f"{path}: cannot read a per-table result ({error})")
+            fail(f"{path}: cannot read a per-table result ({error})")
     names = ["A", "B"]
     for name, result, path in zip(names, results, paths):
         s = result["settings"]
@@ -164,28 +173,30 @@ def _merge(work_dir: Path, jobs: list[tuple], output: Path) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     if _COMPARE.value:
         if len(_COMPARE.value) != 2:
-            raise app.UsageError("--compare needs exactly two JSON files")
+            fail("--compare needs exactly two JSON files")
         _compare(_COMPARE.value)
         return 0
+    if not _MERGE_ONLY.value:
+        check_output_dir(_WORK_DIR.value, "--work_dir")
+    if _MERGE.value or _MERGE_ONLY.value:
+        check_output_file(_OUTPUT.value)
     try:
         from hagg_tf.stem import crystals, multislice
     except ImportError as error:
-        raise app.UsageError(f"the table tool needs the 'physics' extra (abtem, ase): {error}")
+        fail(f"the table tool needs the 'physics' extra (abtem, ase): {error}")
     unknown = [key for key in _PHASES.value if key not in crystals.PHASES]
     if unknown:
-        raise app.UsageError(f"unknown phase(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(crystals.PHASES)}")
+        fail(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(crystals.PHASES)}")
     structure_files = {}
     for item in _STRUCTURE_FILES.value:
         key, _, path = item.partition("=")
         if key not in crystals.PHASES or not path:
-            raise app.UsageError(f"--structure_files entry {item!r} must be material/phase=path")
+            fail(f"--structure_files entry {item!r} must be material/phase=path")
         if not Path(path).is_file():
-            raise app.UsageError(f"{path}: structure file not found")
+            fail(f"{path}: structure file not found")
         structure_files[key] = str(Path(path).resolve())
     try:
         settings = multislice.MultisliceSettings(
@@ -195,7 +206,7 @@ def main(argv):
             parametrization=_PARAMETRIZATION.value, defocus_angstrom=_DEFOCUS.value,
             seed=_SEED.value)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        fail(str(error))
     work_dir = Path(_WORK_DIR.value)
     jobs = []
     for key in _PHASES.value:
@@ -203,7 +214,7 @@ def main(argv):
         wanted = _ORIENTATIONS.value or available
         bad = [label for label in wanted if label not in available]
         if bad:
-            raise app.UsageError(f"unknown orientation(s) {', '.join(bad)}; known: {', '.join(available)}")
+            fail(f"unknown orientation(s) {', '.join(bad)}; known: {', '.join(available)}")
         for label in wanted:
             jobs.append((key, label, settings.as_dict(), structure_files.get(key),
                          str(_result_path(work_dir, key, label))))
@@ -213,8 +224,8 @@ def main(argv):
         if path.exists():
             previous = json.loads(path.read_text())
             if previous["settings"] != job[2]:
-                raise app.UsageError(f"{path} was computed with other settings; use another "
-                                     "--work_dir or delete it")
+                fail(f"{path} was computed with other settings; use another --work_dir or "
+                     "delete it")
             continue
         todo.append(job)
     print(f"{len(jobs) - len(todo)} of {len(jobs)} tables already in {work_dir}; computing {len(todo)} "
@@ -223,7 +234,7 @@ def main(argv):
         from tqdm import tqdm
         work_dir.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        with concurrent.futures.ProcessPoolExecutor(max_workers=_WORKERS.value) as pool:
+        with make_process_pool(_WORKERS.value) as pool:
             futures = [pool.submit(_worker, job) for job in todo]
             with tqdm(total=len(futures), desc="HAADF tables", unit="table", file=sys.stdout) as bar:
                 for future in concurrent.futures.as_completed(futures):
@@ -241,7 +252,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

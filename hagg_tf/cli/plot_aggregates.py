@@ -9,9 +9,9 @@ Examples:
 import json
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail, reject_extra_arguments
+from hagg_tf.cli import check_output_dir, define_seed, fail, reject_extra_arguments, run_tool
 
 from hagg_tf.model import batch, io
 from hagg_tf.model.generator import sample_aggregate
@@ -21,10 +21,12 @@ _FIGURE = flags.DEFINE_enum("figure", "both", ["fig2", "fig4", "both"], "Which f
 _INPUT = flags.DEFINE_string(
     "input", None, "For fig2: an aggregate file or a generate_aggregates directory; "
     "default: six fresh draws at the paper's Fig. 2-like θ.")
-_COUNT = flags.DEFINE_integer("count", 6, "Aggregates shown in fig2.")
-_PER_VALUE = flags.DEFINE_integer("per_value", 100, "Fig. 4 draws per preset value.")
-_SEED = flags.DEFINE_integer("seed", 0, "Base seed of the draws.")
-_WORKERS = flags.DEFINE_integer("workers", batch.default_workers(), "Worker processes.")
+_COUNT = flags.DEFINE_integer("count", 6, "Aggregates shown in fig2.", lower_bound=1)
+_PER_VALUE = flags.DEFINE_integer("per_value", 100, "Fig. 4 draws per preset value.",
+                                  lower_bound=2)
+_SEED = define_seed(0, "Base seed of the draws.")
+_WORKERS = flags.DEFINE_integer("workers", batch.default_workers(), "Worker processes.",
+                                lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", "work/figures", "Output directory for the PNGs.")
 
 _FIG2_THETAS = [(1.5, 0.3, 3, 1), (1.8, 0.5, 2, 2), (2.0, 0.7, 1, 4), (2.2, 0.2, 5, 3),
@@ -45,11 +47,9 @@ def _fig2_aggregates():
 
 def main(argv):
     reject_extra_arguments(argv)
-    if _COUNT.value < 1 or _PER_VALUE.value < 2:
-        fail("--count must be >= 1 and --per_value >= 2")
+    output = check_output_dir(_OUTPUT.value)
     from hagg_tf.evaluation import figures, model_statistics
 
-    output = Path(_OUTPUT.value)
     try:
         if _FIGURE.value in ("fig2", "both"):
             path = figures.plot_aggregates_3d(_fig2_aggregates(), output / "fig2_aggregates.png")
@@ -74,7 +74,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Figures of the STEM simulation: a Fig.-3-like aggregate/image pair, the HAADF tables, the
 field-of-view coverage that fixes the default pixel size, and a table convergence check.
 
-Needs matplotlib (the optional 'plot' extra). Figures are PNGs under --out_dir.
+Needs matplotlib (the optional 'plot' extra). Figures are PNGs under --output.
 
 Examples:
   python tools/plot_stem.py --figure=fig3 --theta=1.8,0.5,3,2 --seed=3
@@ -13,27 +13,32 @@ Examples:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from hagg_tf.cli import (MAX_IMAGE_SIZE, check_output_dir, define_pixel_size, define_seed, fail,
+                         reject_extra_arguments, run_tool)
+from hagg_tf.model.parameters import MAX_SEED
 from hagg_tf.stem import render as render_module
 
 _FIGURE = flags.DEFINE_enum("figure", "fig3", ["fig3", "tables", "coverage", "convergence"],
                             "Which figure.")
-_OUT_DIR = flags.DEFINE_string("out_dir", "work/stem/figures", "Output directory.")
+_OUTPUT = flags.DEFINE_string("output", "work/stem/figures", "Output directory.")
 _THETA = flags.DEFINE_list("theta", ["1.8", "0.5", "3", "2"], "θ for --figure=fig3.")
 _AGGREGATE = flags.DEFINE_string("aggregate", None, "Aggregate file for fig3 instead of --theta.")
-_SEED = flags.DEFINE_integer("seed", 3, "Seed (fig3: aggregate and image; coverage: draws).")
-_INDEX = flags.DEFINE_integer("index", 0, "Index of the draw for fig3.")
+_SEED = define_seed(3, "Seed (fig3: aggregate and image; coverage: draws).")
+_INDEX = flags.DEFINE_integer("index", 0, "Index of the draw for fig3.", lower_bound=0,
+                              upper_bound=MAX_SEED)
 _TABLES = flags.DEFINE_string("tables", None, "HAADF table file (default: shipped).")
-_PIXEL = flags.DEFINE_float("pixel_size_nm", render_module.DEFAULT_PIXEL_SIZE_NM,
-                            "Pixel size, nm (fig3, coverage).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 512, "Pixels per edge.")
-_PER_PARAMETER = flags.DEFINE_integer("per_parameter", 5, "Coverage: aggregates per θ.")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Coverage: processes.")
+_PIXEL = define_pixel_size(render_module.DEFAULT_PIXEL_SIZE_NM,
+                           "Pixel size, nm (fig3, coverage).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 512, "Pixels per edge.", lower_bound=8,
+                                   upper_bound=MAX_IMAGE_SIZE)
+_PER_PARAMETER = flags.DEFINE_integer("per_parameter", 5, "Coverage: aggregates per θ.",
+                                      lower_bound=1)
+_WORKERS = flags.DEFINE_integer("workers", 1, "Coverage: processes.", lower_bound=1)
 _HALF_EXTENTS = flags.DEFINE_string("half_extents", None,
                                     "Coverage: .npy of half-extents to reuse (else drawn, and saved).")
 _CONVERGENCE = flags.DEFINE_list("convergence", None, "Two per-table JSON results to compare.")
@@ -43,8 +48,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        print("plot_stem: error: needs matplotlib (pip install hagg_tf[plot])", file=sys.stderr)
-        sys.exit(2)
+        fail("needs matplotlib (pip install hagg_tf[plot])")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -62,20 +66,20 @@ def figure_fig3(out_dir: Path) -> Path:
     try:
         tables = load_tables(_TABLES.value)
     except TableError as error:
-        raise app.UsageError(str(error))
+        fail(str(error))
     if _AGGREGATE.value:
         from hagg_tf.model.io import load_aggregate
         try:
             aggregate = load_aggregate(_AGGREGATE.value)
         except Exception as error:  # a bad file is a usage error, not a crash
-            raise app.UsageError(f"{_AGGREGATE.value}: not a readable aggregate file ({error})")
+            fail(f"{_AGGREGATE.value}: not a readable aggregate file ({error})")
     else:
         from hagg_tf.model.generator import sample_aggregate
         from hagg_tf.model.parameters import ModelParameters, ParameterError
         try:
             params = ModelParameters.from_sequence(float(v) for v in _THETA.value)
         except (ParameterError, ValueError) as error:
-            raise app.UsageError(f"--theta: {error}")
+            fail(f"--theta: {error}")
         aggregate = sample_aggregate(params, _SEED.value, _INDEX.value)
     image = render_module.render_stem(aggregate, seed=_SEED.value, index=_INDEX.value, tables=tables,
                                       pixel_size_nm=_PIXEL.value, image_size=_IMAGE_SIZE.value)
@@ -128,7 +132,7 @@ def figure_tables(out_dir: Path) -> Path:
     try:
         tables = load_tables(_TABLES.value)
     except TableError as error:
-        raise app.UsageError(str(error))
+        fail(str(error))
     try:
         flat = load_tables(_TABLES.value, column="intensity_flat")
     except TableError:
@@ -197,13 +201,13 @@ def figure_coverage(out_dir: Path) -> Path:
 def figure_convergence(out_dir: Path) -> Path:
     plt = _pyplot()
     if not _CONVERGENCE.value or len(_CONVERGENCE.value) != 2:
-        raise app.UsageError("--convergence needs two per-table JSON files")
+        fail("--convergence needs two per-table JSON files")
     figure, axis = plt.subplots(figsize=(6, 4))
     for path, style in zip(_CONVERGENCE.value, ("-", "--")):
         try:
             result = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise app.UsageError(f"{path}: cannot read a per-table result ({error})")
+            fail(f"{path}: cannot read a per-table result ({error})")
         s = result["settings"]
         box = result.get("box_angstrom", [10 * s["lateral_nm"]] * 2)
         label = (f"box {box[0] / 10:.2f}×{box[1] / 10:.2f} nm, {s['num_configs']} configs × "
@@ -225,9 +229,8 @@ def figure_convergence(out_dir: Path) -> Path:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    out_dir = Path(_OUT_DIR.value)
+    reject_extra_arguments(argv)
+    out_dir = check_output_dir(_OUTPUT.value)
     out_dir.mkdir(parents=True, exist_ok=True)
     makers = {"fig3": figure_fig3, "tables": figure_tables, "coverage": figure_coverage,
               "convergence": figure_convergence}
@@ -237,7 +240,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

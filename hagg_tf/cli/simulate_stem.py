@@ -8,7 +8,7 @@ Either way the images do not depend on --workers. One PNG per aggregate, named a
 (<file>.png, or <file>_<k>.png for files holding several).
 
 Examples:
-  python tools/simulate_stem.py --theta=1.8,0.5,3,2 --count=12 --seed=1 --out_dir=work/stem/images
+  python tools/simulate_stem.py --theta=1.8,0.5,3,2 --count=12 --seed=1 --output=work/stem/images
   python tools/simulate_stem.py --aggregates='work/aggregates/*.npz' --workers=2
   python tools/simulate_stem.py --theta=2.0,0.3,1,4 --tables=my_stemsim_tables.csv
 """
@@ -21,10 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail
-
+from hagg_tf.cli import (MAX_IMAGE_SIZE, check_output_dir, define_float, define_pixel_size,
+                         define_seed, fail, reject_extra_arguments, run_tool)
+from hagg_tf.model.parameters import MAX_SEED
+from hagg_tf.model.workers import make_process_pool
 from hagg_tf.stem import render as render_module
 
 _AGGREGATES = flags.DEFINE_list("aggregates", None,
@@ -32,23 +34,23 @@ _AGGREGATES = flags.DEFINE_list("aggregates", None,
 _THETA = flags.DEFINE_list("theta", None,
                            "θ = theta_Df,theta_rho,theta_0,theta_1 to draw aggregates from.")
 _COUNT = flags.DEFINE_integer("count", 1, "Aggregates to draw from --theta.", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "Base seed (aggregate and image j use (seed, index)).",
-                             lower_bound=0)
-_START_INDEX = flags.DEFINE_integer("start_index", 0, "Index of the first image.", lower_bound=0)
-_OUT_DIR = flags.DEFINE_string("out_dir", "work/stem/images", "Output directory.")
+_SEED = define_seed(0, "Base seed (aggregate and image j use (seed, index)).")
+_START_INDEX = flags.DEFINE_integer("start_index", 0, "Index of the first image.", lower_bound=0,
+                                    upper_bound=MAX_SEED)
+_OUTPUT = flags.DEFINE_string("output", "work/stem/images", "Output directory.")
 _TABLES = flags.DEFINE_string("tables", None,
                               "HAADF table file (default: the shipped abTEM tables).")
 _DETECTOR = flags.DEFINE_enum("detector", "sensitivity", ["sensitivity", "flat"],
                               "Detector: measured sensitivity curve or flat 55-250 mrad "
                               "(table columns 'intensity' / 'intensity_flat').")
-_PIXEL = flags.DEFINE_float("pixel_size_nm", render_module.DEFAULT_PIXEL_SIZE_NM, "Pixel size, nm.")
+_PIXEL = define_pixel_size(render_module.DEFAULT_PIXEL_SIZE_NM, "Pixel size, nm.")
 _SIZE = flags.DEFINE_integer("image_size", render_module.DEFAULT_IMAGE_SIZE, "Pixels per edge.",
-                             lower_bound=8)
-_DOSE = flags.DEFINE_float("dose", render_module.DEFAULT_DOSE, "Electron dose, e/Å².")
-_FOCAL = flags.DEFINE_float("focal_plane_nm", 0.0,
-                            "Focal plane height above the centre of mass, nm.")
-_SCAN_NOISE = flags.DEFINE_float("scan_noise_nm", render_module.DEFAULT_SCAN_NOISE_NM,
-                                 "Probe displacement s.d., nm.")
+                             lower_bound=8, upper_bound=MAX_IMAGE_SIZE)
+_DOSE = define_float("dose", render_module.DEFAULT_DOSE, "Electron dose, e/Å², > 0.",
+                     positive=True)
+_FOCAL = define_float("focal_plane_nm", 0.0, "Focal plane height above the centre of mass, nm.")
+_SCAN_NOISE = define_float("scan_noise_nm", render_module.DEFAULT_SCAN_NOISE_NM,
+                           "Probe displacement s.d., nm.", lower_bound=0.0)
 _SHOT_NOISE = flags.DEFINE_boolean("shot_noise", True, "Poisson shot noise.")
 _SAVE_AGGREGATES = flags.DEFINE_boolean("save_aggregates", True,
                                         "With --theta, also save each aggregate (.npz).")
@@ -135,22 +137,19 @@ def _expand(patterns: list[str]) -> list[str]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_extra_arguments(argv)
     if bool(_AGGREGATES.value) == bool(_THETA.value):
-        raise app.UsageError("give exactly one of --aggregates and --theta")
+        fail("give exactly one of --aggregates and --theta")
+    out_dir = check_output_dir(_OUTPUT.value)
     try:
         from hagg_tf.stem.tables import TableError
         try:
             tables = _load_tables(_TABLES.value, _DETECTOR.value)
         except TableError as error:
             raise InputError(str(error))
-        if _PIXEL.value <= 0 or _DOSE.value < 0 or _SCAN_NOISE.value < 0:
-            raise InputError("--pixel_size_nm must be > 0, --dose and --scan_noise_nm >= 0")
         render_kwargs = dict(pixel_size_nm=_PIXEL.value, image_size=_SIZE.value, dose=_DOSE.value,
                              focal_plane_nm=_FOCAL.value, scan_noise_nm=_SCAN_NOISE.value,
                              shot_noise=_SHOT_NOISE.value)
-        out_dir = Path(_OUT_DIR.value)
         common = {"save_aggregate": _SAVE_AGGREGATES.value, "out_dir": str(out_dir),
                   "render": render_kwargs}
         jobs = []
@@ -181,7 +180,7 @@ def main(argv):
         fail(str(error))
     outside = sum(result["particles_outside"] > 0 for result in results)
     saturated = sum(result["saturated"] > 0 for result in results)
-    summary = {"images": len(results), "out_dir": str(out_dir), "aggregates_cut_by_border": outside,
+    summary = {"images": len(results), "output": str(out_dir), "aggregates_cut_by_border": outside,
                "images_with_saturated_pixels": saturated}
     print(json.dumps(summary))
     return 0
@@ -199,9 +198,8 @@ def _run(jobs: list[dict], tables) -> list[dict]:
             results.append(_render_job(job))
             bar.update()
     else:
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=_WORKERS.value, initializer=_init_worker,
-                initargs=(_TABLES.value, _DETECTOR.value)) as pool:
+        with make_process_pool(_WORKERS.value, initializer=_init_worker,
+                               initargs=(_TABLES.value, _DETECTOR.value)) as pool:
             futures = [pool.submit(_render_job, job) for job in jobs]
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -216,7 +214,7 @@ def _run(jobs: list[dict], tables) -> list[dict]:
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

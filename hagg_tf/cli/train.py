@@ -27,10 +27,12 @@ starts over).
 from __future__ import annotations
 
 import math
+import os
 
-from absl import app, flags
+from absl import flags
 
-from hagg_tf.cli import fail, reject_extra_arguments
+from hagg_tf.cli import (check_output_dir, define_float, define_seed, fail,
+                         reject_extra_arguments, run_tool)
 
 _NETWORKS = ("fractal_dimension", "mixing_ratio_regressor", "mixing_ratio_classifier",
              "wo3_cluster_size", "tio2_cluster_size")
@@ -39,20 +41,29 @@ _NETWORK = flags.DEFINE_enum("network", None, list(_NETWORKS), "Network to train
 _DATASET = flags.DEFINE_string("dataset", "work/datasets/paper",
                                "Database directory (hagg-generate-dataset).")
 _OUTPUT = flags.DEFINE_string("output", None, "Run directory (default work/training/<network>).")
-_EPOCHS = flags.DEFINE_integer("epochs", 200, "Epochs in total (early stopping may end sooner).")
+_EPOCHS = flags.DEFINE_integer("epochs", 200, "Epochs in total (early stopping may end sooner).",
+                               lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps_per_epoch", None,
-                              "Training steps per epoch (default: one pass over the train split).")
+                              "Training steps per epoch (default: one pass over the train split).",
+                              lower_bound=1)
 _VALIDATION_STEPS = flags.DEFINE_integer("validation_steps", None,
-                                         "Validation batches per epoch (default: all).")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Samples per step (default: 16 or 8).")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 12, "ν of the multi-image networks.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 1e-4).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
-_PATIENCE = flags.DEFINE_integer("patience", 20, "Early-stopping patience, epochs.")
+                                         "Validation batches per epoch (default: all).",
+                                         lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", None, "Samples per step (default: 16 or 8).",
+                              lower_bound=1)
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 12, "ν of the multi-image networks.",
+                                   lower_bound=1)
+_LEARNING_RATE = define_float("learning_rate", None, "Adam learning rate, > 0 (default 1e-4).",
+                              positive=True)
+_SEED = define_seed(0, "Seed of initialisation, shuffling and augmentation.")
+_PATIENCE = flags.DEFINE_integer("patience", 20, "Early-stopping patience, epochs.",
+                                 lower_bound=0)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
 _BACKUP_STEPS = flags.DEFINE_integer("backup_every_steps", None,
-                                     "Back up every N steps instead of every epoch.")
+                                     "Also back up every N steps within an epoch (an "
+                                     "interrupted epoch is redone from its start).",
+                                     lower_bound=1)
 _VERIFY = flags.DEFINE_enum("verify", "checksum", ["checksum", "size", "none"],
                             "Check of the database files before training.")
 _STACK = flags.DEFINE_enum("stack_strategy", "fold_batch", ["fold_batch", "time_distributed"],
@@ -63,18 +74,20 @@ _ARCHITECTURE = flags.DEFINE_enum("architecture", "table3", ["table3", "compact"
 _POOLED_CACHE = flags.DEFINE_string(
     "pooled_cache", None, "Train from this pooled cache of --dataset (built if missing) instead "
     "of the TFRecord pipeline; needed for --architecture=compact.")
-_MAX_WALL = flags.DEFINE_float("max_wall_minutes", None,
-                               "Pooled runs: stop after the epoch that ends past this budget; "
-                               "a rerun resumes.")
-_WORKERS = flags.DEFINE_integer("workers", 2, "Processes building the pooled cache.")
+_MAX_WALL = define_float("max_wall_minutes", None,
+                         "Pooled runs: stop after the epoch that ends past this budget (> 0); "
+                         "a rerun resumes.", positive=True)
+_WORKERS = flags.DEFINE_integer("workers", 2, "Processes building the pooled cache.",
+                                lower_bound=1)
 _INIT_FROM = flags.DEFINE_string(
     "init_from", None, "Pooled runs: start f from the best checkpoint of this run directory "
     "(another network, same architecture).")
 _CALIBRATION = flags.DEFINE_integer("calibration_batches", 64,
                                     "Pooled runs: training batches averaged when batch norm is "
-                                    "re-estimated at the end of every epoch.")
+                                    "re-estimated at the end of every epoch.", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing run and start over.")
-_VERBOSE = flags.DEFINE_integer("verbose", 2, "0 silent, 1 progress bar, 2 a line per epoch.")
+_VERBOSE = flags.DEFINE_integer("verbose", 2, "0 silent, 1 progress bar, 2 a line per epoch.",
+                                lower_bound=0, upper_bound=2)
 
 
 
@@ -82,15 +95,15 @@ def main(argv):
     reject_extra_arguments(argv)
     if _NETWORK.value is None:
         fail(f"--network is required: one of {', '.join(_NETWORKS)}")
-    for flag, minimum in ((_EPOCHS, 1), (_STEPS, 1), (_VALIDATION_STEPS, 1), (_BATCH, 1),
-                          (_NUM_IMAGES, 1), (_PATIENCE, 0), (_BACKUP_STEPS, 1),
-                          (_CALIBRATION, 1)):
-        if flag.value is not None and flag.value < minimum:
-            fail(f"--{flag.name} must be at least {minimum}, got {flag.value}")
+    output = _OUTPUT.value or f"work/training/{_NETWORK.value}"
+    check_output_dir(output)
+    if _POOLED_CACHE.value is not None and not os.path.isdir(_POOLED_CACHE.value):
+        # built here; an existing, finished cache may be read from a read-only share
+        check_output_dir(_POOLED_CACHE.value, "--pooled_cache")
     from hagg_tf.data import DatasetError
     from hagg_tf.training import TrainingError, train_network
+    from tensorflow.errors import DataLossError
 
-    output = _OUTPUT.value or f"work/training/{_NETWORK.value}"
     if _ARCHITECTURE.value != "table3" and _POOLED_CACHE.value is None:
         fail(f"--architecture={_ARCHITECTURE.value} trains from a pooled cache: give "
              "--pooled_cache=<directory>")
@@ -109,6 +122,9 @@ def main(argv):
                 verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, FileNotFoundError) as error:
         fail(str(error))
+    except DataLossError:  # tf.data's record CRC check, whose message names no file
+        from hagg_tf.data.pipeline import corrupt_shard_error
+        fail(str(corrupt_shard_error(_DATASET.value)))
     if result.already_complete:
         print(f"{output}: this run finished before (epoch {result.final_epoch}); nothing to do "
               "(--overwrite starts over, a larger --epochs continues)")
@@ -143,7 +159,7 @@ def _train_pooled(output):
 
 
 def run():
-    app.run(main)
+    run_tool(main)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from hagg_tf.data.design import (PRESETS, SPLITS, DatasetConfig, DatasetDesign, 
                                  check_split_rule, preset)
 from hagg_tf.data.manifest import DatasetError, load_manifest, verify_dataset
 from hagg_tf.data.writer import GenerationReport, generate_dataset
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
 # name -> module, imported (with TensorFlow) on first access.
 _LAZY = {
@@ -47,6 +48,7 @@ __all__ = ["PRESETS", "SPLITS", "DatasetConfig", "DatasetDesign", "DatasetError"
 
 def __getattr__(name):
     if name in _LAZY:
+        import_tensorflow_quietly()  # the lazy modules import TensorFlow: without its chatter
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value

@@ -117,8 +117,6 @@ def verify_dataset(path: str | os.PathLike, level: str = "checksum", splits=None
         DatasetError: naming the file that is missing, unlisted, of the wrong size, corrupt or
             holding the wrong number of records.
     """
-    from hagg_tf.data.records import RecordError, count_records
-
     if level not in VERIFY_LEVELS:
         raise ValueError(f"verify level must be one of {VERIFY_LEVELS}, got {level!r}")
     manifest = load_manifest(path)
@@ -138,22 +136,44 @@ def verify_dataset(path: str | os.PathLike, level: str = "checksum", splits=None
         return manifest
     for split in parse_splits(splits or list(manifest["splits"])):
         for shard in manifest["splits"][split]["shards"]:
-            shard_path = directory / shard["file"]
-            if not shard_path.is_file():
-                raise DatasetError(f"{shard_path}: listed in {MANIFEST_NAME} but missing")
-            size = shard_path.stat().st_size
-            if size != shard["bytes"]:
-                raise DatasetError(f"{shard_path}: {size} bytes, the manifest says "
-                                   f"{shard['bytes']} (truncated or replaced)")
-            if level == "checksum":
-                if file_sha256(shard_path) != shard["sha256"]:
-                    raise DatasetError(f"{shard_path}: sha256 differs from the manifest "
-                                       "(corrupt or replaced)")
-                try:
-                    records = count_records(shard_path)
-                except RecordError as error:
-                    raise DatasetError(str(error)) from None
-                if records != shard["records"]:
-                    raise DatasetError(f"{shard_path}: {records} records, the manifest says "
-                                       f"{shard['records']}")
+            verify_shard(directory, shard, level)
     return manifest
+
+
+def verify_shard(directory: str | os.PathLike, shard: dict, level: str = "checksum") -> Path:
+    """Checks one shard file against its manifest entry (the levels of `verify_dataset`).
+
+    Args:
+        directory: the database directory.
+        shard: the shard's entry of the manifest (``file``, ``bytes``, ``sha256``, ``records``).
+        level: ``"none"``, ``"size"`` or ``"checksum"``.
+
+    Returns:
+        The shard's path.
+
+    Raises:
+        DatasetError: naming the shard that is missing, of the wrong size, corrupt or holding
+            the wrong number of records.
+    """
+    from hagg_tf.data.records import count_records
+
+    if level not in VERIFY_LEVELS:
+        raise ValueError(f"verify level must be one of {VERIFY_LEVELS}, got {level!r}")
+    shard_path = Path(directory) / shard["file"]
+    if level == "none":
+        return shard_path
+    if not shard_path.is_file():
+        raise DatasetError(f"{shard_path}: listed in {MANIFEST_NAME} but missing")
+    size = shard_path.stat().st_size
+    if size != shard["bytes"]:
+        raise DatasetError(f"{shard_path}: {size} bytes, the manifest says "
+                           f"{shard['bytes']} (truncated or replaced)")
+    if level == "checksum":
+        if file_sha256(shard_path) != shard["sha256"]:
+            raise DatasetError(f"{shard_path}: sha256 differs from the manifest "
+                               "(corrupt or replaced)")
+        records = count_records(shard_path)  # its RecordError is a DatasetError
+        if records != shard["records"]:
+            raise DatasetError(f"{shard_path}: {records} records, the manifest says "
+                               f"{shard['records']}")
+    return shard_path

@@ -14,7 +14,9 @@ Three shapes of sample:
 Every pipeline: verify the shards against the manifest (`verify_dataset`), read the shards
 with parallel interleaving, parse, (training: shuffle), decode the 16-bit PNG, (training:
 augment, see `hagg_tf.data.augment`), preprocess with `hagg_tf.networks.preprocessing` (scale
-to [−0.5, 0.5], 256 levels; 1/p first where asked), batch, prefetch.
+to [−0.5, 0.5], 256 levels; 1/p first where asked), batch, prefetch. tf.data checks the CRCs of
+every record it reads, but its ``tf.errors.DataLossError`` ("corrupted record at …") names no
+file: `corrupt_shard_error` finds the shard and names it.
 
 Training mode (default for the ``train`` split) produces ``epochs`` epochs one after another
 (None: endless); epoch e reads the shards in an order and shuffles with a seed drawn from
@@ -40,7 +42,9 @@ import tensorflow as tf
 
 from hagg_tf.data.augment import NO_AUGMENTATION, Augmentation, augment_image, sample_seed
 from hagg_tf.data.design import expected_multi_image_samples
-from hagg_tf.data.manifest import parse_splits, shard_paths, verify_dataset
+from hagg_tf.data.manifest import (DatasetError, load_manifest, parse_splits, shard_paths,
+                                   verify_dataset)
+from hagg_tf.data.records import RecordError, iter_tfrecord
 from hagg_tf.networks.architecture import (DEFAULT_NUM_IMAGES, MULTI_IMAGE_BATCH_SIZE,
                                            SINGLE_IMAGE_BATCH_SIZE, network_spec)
 from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, preprocess_images
@@ -496,3 +500,27 @@ def epoch_size(path, network_or_kind: str, split="train", *, batch_size: int | N
         samples = (samples // batch_size) * batch_size
         return EpochSize(samples, samples // batch_size, batch_size)
     return EpochSize(samples, math.ceil(samples / batch_size), batch_size)
+
+
+def corrupt_shard_error(path, splits=None) -> DatasetError:
+    """The error naming the damaged shard of a database whose pipeline hit a DataLossError.
+
+    Walks the shards' records with their CRCs checked (`iter_tfrecord`), in manifest order.
+
+    Args:
+        path: database directory.
+        splits: the splits read (default: all).
+
+    Returns:
+        The first shard's `RecordError` (file, record, byte offset), or a `DatasetError` saying
+        that every shard reads cleanly now.
+    """
+    manifest = load_manifest(path)
+    for shard in shard_paths(manifest, splits or list(manifest["splits"])):
+        try:
+            for _ in iter_tfrecord(shard):
+                pass
+        except RecordError as error:
+            return error
+    return DatasetError(f"{path}: TensorFlow reported a corrupt record, but every shard's "
+                        "records check out now (did a file change while it was read?)")

@@ -15,10 +15,15 @@ Layout of ``<cache_dir>`` (inside an ignored folder such as ``work/``)::
     cache.json                              # settings: dataset manifest hash, pooling
     <split>-<shard number>.npz              # one per database shard, written atomically
 
-Each part holds ``plain`` and ``inverted`` (n, S, S) uint16 sums with S = H / p, and the
+Each part holds ``plain`` and ``inverted`` (n, S, S) uint16 sums with S = H / p, the
 per-record labels ``record_index``, ``theta_id``, ``theta`` (n, 4), ``fractal_dimension``,
-``mixing_ratio``, ``homogeneous``, ``num_particles``, ``electrons_per_pixel``. Building resumes
-where it stopped: finished parts are kept.
+``mixing_ratio``, ``homogeneous``, ``num_particles``, ``electrons_per_pixel``, and
+``shard_sha256``, the sha256 of the shard it was pooled from. A part is built only from a shard
+that matches the manifest (`verify_shard`: size, sha256, records; the record CRCs are checked
+while reading), and is used only while the manifest still lists that sha256: a part of a
+database that has changed since, or of an older hagg_tf that recorded no sha256, is refused
+when loading and rebuilt by the next `build_pooled_cache`. Building resumes where it stopped:
+finished parts are kept.
 
 With pooling 4 the paper database (512 px) takes 32 KiB per image and variant: 1.1 GiB for
 T, the validation part and E together, against 0.8 GB of PNGs that cost ~3 ms each to decode.
@@ -31,14 +36,15 @@ import os
 import pathlib
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import zipfile
 from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from hagg_tf.data.manifest import DatasetError, load_manifest
+from hagg_tf.data.manifest import DatasetError, load_manifest, verify_shard
 from hagg_tf.data.records import read_samples
 from hagg_tf.model.io import atomic_write
+from hagg_tf.model.workers import make_process_pool
 from hagg_tf.networks.preprocessing import (INVERSION_THRESHOLD, NUM_LEVELS,
                                             preprocess_images_numpy)
 
@@ -48,6 +54,8 @@ CACHE_FORMAT = 1
 LABEL_KEYS = ("record_index", "theta_id", "theta", "fractal_dimension", "mixing_ratio",
               "homogeneous", "num_particles", "electrons_per_pixel")
 SETTINGS_FILE = "cache.json"
+#: Key of a part holding the sha256 of the shard it was pooled from.
+SHARD_SHA256_KEY = "shard_sha256"
 
 
 def preprocess_levels(counts: np.ndarray, electrons_per_pixel: float,
@@ -115,22 +123,41 @@ def pool_samples(samples, pooling: int) -> dict:
             **{key: np.asarray(value) for key, value in labels.items()}}
 
 
+def _part_path(cache_dir: pathlib.Path, split: str, number: int) -> pathlib.Path:
+    return cache_dir / f"{split}-{number:05d}.npz"
+
+
+def _part_shard_sha256(part_path: pathlib.Path) -> Optional[str]:
+    """The sha256 of the shard a part was pooled from; None for a missing or unreadable part,
+    or one written before parts recorded it."""
+    try:
+        with np.load(part_path) as data:
+            return str(data[SHARD_SHA256_KEY]) if SHARD_SHA256_KEY in data.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _build_part(task) -> tuple[str, int, float]:
-    shard_path, part_path, pooling = task
+    dataset_dir, shard, part_path, pooling = task
     started = time.perf_counter()
+    shard_path = verify_shard(dataset_dir, shard, "checksum")
     arrays = pool_samples(read_samples(shard_path), pooling)
+    arrays[SHARD_SHA256_KEY] = np.array(shard["sha256"])
     atomic_write(part_path, lambda stream: np.savez(stream, **arrays))
     return str(part_path), len(arrays["plain"]), time.perf_counter() - started
 
 
 def iter_pooled_shards(dataset_dir: Union[str, os.PathLike], split: str, pooling: int):
-    """Yields :func:`pool_samples` of every shard of ``split`` in turn, without a cache."""
+    """Yields :func:`pool_samples` of every shard of ``split`` in turn, without a cache.
+
+    Every shard is checked against the manifest (`verify_shard`) before it is read.
+    """
     dataset_dir = pathlib.Path(dataset_dir)
     manifest = load_manifest(dataset_dir)
     if split not in manifest["splits"]:
         raise DatasetError(f"{dataset_dir} has no split {split!r}")
     for shard in manifest["splits"][split]["shards"]:
-        yield pool_samples(read_samples(dataset_dir / shard["file"]), pooling)
+        yield pool_samples(read_samples(verify_shard(dataset_dir, shard, "checksum")), pooling)
 
 
 @dataclasses.dataclass
@@ -184,7 +211,9 @@ def build_pooled_cache(dataset_dir: Union[str, os.PathLike],
         ``cache_dir``.
 
     Raises:
-        DatasetError: no database, or a cache of another database or pooling in ``cache_dir``.
+        DatasetError: no database, a cache of another database or pooling in ``cache_dir``, or
+            a shard to pool that does not match the manifest or holds a corrupt record (names
+            the shard).
     """
     dataset_dir, cache_dir = pathlib.Path(dataset_dir), pathlib.Path(cache_dir)
     settings = _settings(dataset_dir, pooling)
@@ -204,20 +233,27 @@ def build_pooled_cache(dataset_dir: Union[str, os.PathLike],
         if split not in manifest["splits"]:
             raise DatasetError(f"{dataset_dir} has no split {split!r}")
         for number, shard in enumerate(manifest["splits"][split]["shards"]):
-            part = cache_dir / f"{split}-{number:05d}.npz"
-            if not part.is_file():
-                tasks.append((str(dataset_dir / shard["file"]), str(part), int(pooling)))
+            part = _part_path(cache_dir, split, number)
+            # A part of another version of the shard (or of unknown origin) is pooled again.
+            if _part_shard_sha256(part) != shard["sha256"]:
+                tasks.append((str(dataset_dir), shard, str(part), int(pooling)))
     if not tasks:
         return cache_dir
     started = time.perf_counter()
     done = 0
-    with ProcessPoolExecutor(max_workers=max(1, int(workers))) as pool:
+    pool = make_process_pool(max(1, int(workers)))
+    try:
         for part, records, _ in pool.map(_build_part, tasks):
             done += 1
             if progress:
                 print(f"pooled cache: {done}/{len(tasks)} parts ({pathlib.Path(part).name}, "
                       f"{records} records), {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
+    except BaseException:
+        # A bad shard ends the build now, not after every queued part has been pooled.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return cache_dir
 
 
@@ -231,7 +267,9 @@ def load_pooled_split(cache_dir: Union[str, os.PathLike], split: str,
         dataset_dir: if given, the cache must have been built from this database.
 
     Raises:
-        DatasetError: no cache, a missing part, or a cache of another database.
+        DatasetError: no cache, a missing part, a cache of another database, or (with
+            ``dataset_dir``) a part pooled from another version of its shard than the manifest
+            lists (names the part; `build_pooled_cache` rebuilds it).
     """
     cache_dir = pathlib.Path(cache_dir)
     settings_path = cache_dir / SETTINGS_FILE
@@ -245,15 +283,26 @@ def load_pooled_split(cache_dir: Union[str, os.PathLike], split: str,
     parts = sorted(cache_dir.glob(f"{split}-*.npz"))
     if not parts:
         raise DatasetError(f"{cache_dir}: no parts of split {split!r}")
+    shards = None
     if dataset_dir is not None:
-        shards = len(load_manifest(dataset_dir)["splits"][split]["shards"])
-        if len(parts) != shards:
-            raise DatasetError(f"{cache_dir}: {len(parts)} of the {shards} parts of split "
+        shards = load_manifest(dataset_dir)["splits"][split]["shards"]
+        present = [_part_path(cache_dir, split, number) for number in range(len(shards))]
+        if len(parts) != len(shards) or parts != present:
+            built = sum(part.is_file() for part in present)
+            raise DatasetError(f"{cache_dir}: {built} of the {len(shards)} parts of split "
                                f"{split!r}; finish it with build_pooled_cache")
     loaded = []
-    for part in parts:
+    for number, part in enumerate(parts):
         with np.load(part) as data:
             loaded.append({key: data[key] for key in data.files})
+        if shards is not None:
+            recorded = loaded[-1].get(SHARD_SHA256_KEY)
+            if recorded is None or str(recorded) != shards[number]["sha256"]:
+                origin = ("records no shard sha256 (pooled by an older hagg_tf)"
+                          if recorded is None else "was pooled from another version of "
+                          f"{shards[number]['file']} than {dataset_dir} lists")
+                raise DatasetError(f"{part}: {origin}; rebuild it with build_pooled_cache "
+                                   "(hagg-train --pooled_cache rebuilds stale parts)")
     plain = np.concatenate([part["plain"] for part in loaded])
     inverted = np.concatenate([part["inverted"] for part in loaded])
     labels = {key: np.concatenate([part[key] for part in loaded]) for key in LABEL_KEYS}

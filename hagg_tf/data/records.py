@@ -51,8 +51,10 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+import google_crc32c
 import numpy as np
 
+from hagg_tf.data.manifest import DatasetError
 from hagg_tf.model.aggregate import Aggregate
 from hagg_tf.model.descriptors import Descriptors, describe
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
@@ -124,7 +126,9 @@ def decode_png16(data: bytes) -> np.ndarray:
     """(H, W) uint16 counts from PNG bytes written by `encode_png16`."""
     import imageio.v3 as iio
 
-    counts = iio.imread(data, extension=".png")
+    # Pillow only (it wrote the PNG): on bytes it cannot read, imageio would try every other
+    # format's reader.
+    counts = iio.imread(data, plugin="pillow", extension=".png")
     if counts.dtype != np.uint16 or counts.ndim != 2:
         raise ValueError(f"not a 16-bit greyscale PNG ({counts.dtype}, {counts.shape})")
     return counts
@@ -236,8 +240,12 @@ def encode_example(payload: dict, split: str) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-class RecordError(ValueError):
-    """A record that does not follow the schema; the message names the file."""
+class RecordError(DatasetError):
+    """A record that does not follow the schema or the TFRecord framing; names the file."""
+
+
+class CorruptRecordError(RecordError):
+    """A TFRecord whose stored CRC does not match its bytes; names the file and byte offset."""
 
 
 def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
@@ -279,49 +287,91 @@ def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
         png = raw("image/png")
         counts = decode_png16(png)
         height, width = one_int("image/height"), one_int("image/width")
-    except (DecodeError, IndexError, ValueError, KeyError) as error:
+        split, theta_id = raw("split").decode(), one_int("theta_id")
+        metadata = json.loads(raw("image/metadata"))
+    # A damaged PNG raises OSError or SyntaxError (Pillow), bad text UnicodeDecodeError or
+    # JSONDecodeError (both ValueErrors).
+    except (DecodeError, IndexError, ValueError, KeyError, OSError, SyntaxError) as error:
         raise RecordError(f"{source}: not a hagg_tf dataset record ({error})") from error
     if counts.shape != (height, width):
         raise RecordError(f"{source}: record {index} holds a {counts.shape} image, its header "
                           f"says {(height, width)}")
-    return Sample(index=index, seed=seed, split=raw("split").decode(),
-                  theta_id=one_int("theta_id"), aggregate=aggregate, descriptors=descriptors,
-                  counts=counts, metadata=json.loads(raw("image/metadata")), png=png)
+    return Sample(index=index, seed=seed, split=split, theta_id=theta_id, aggregate=aggregate,
+                  descriptors=descriptors, counts=counts, metadata=metadata, png=png)
+
+
+#: Added to the rotated CRC-32C in the TFRecord format ("masked" CRCs, see `masked_crc32c`).
+_CRC_MASK_DELTA = 0xA282EAD8
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC-32C that the TFRecord format stores after a record's length and data.
+
+    Masking (rotate right by 15 bits, add a constant) keeps the CRC of data that itself holds
+    CRCs from being trivially related to them; it is TensorFlow's ``crc32c::Mask``.
+    """
+    crc = google_crc32c.value(bytes(data))
+    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+def _check_crc(path: Path, number: int, offset: int, what: str, data: bytes,
+               stored: bytes) -> None:
+    if masked_crc32c(data) != int.from_bytes(stored, "little"):
+        raise CorruptRecordError(f"{path}: record {number} at byte {offset}: the {what} does "
+                                 "not match its CRC (the file is corrupt)")
 
 
 def iter_tfrecord(path: str | Path) -> Iterator[bytes]:
-    """The raw records of a TFRecord file, framing checked, CRCs not (see `count_records`)."""
+    """The raw records of a TFRecord file, with both CRCs of every record checked.
+
+    A TFRecord is ``length (uint64) · masked CRC of length · data · masked CRC of data``, all
+    little-endian. Checking the length's CRC first means a damaged length is reported as such
+    instead of sending the reader to a wrong place in the file.
+
+    Raises:
+        CorruptRecordError: a CRC mismatch (names the file, the record and its byte offset).
+        RecordError: the file ends inside a record.
+    """
     path = Path(path)
     with open(path, "rb") as stream:
-        offset = 0
+        offset, number = 0, 0
         while True:
             header = stream.read(12)
             if not header:
                 return
             if len(header) < 12:
                 raise RecordError(f"{path}: truncated record header at byte {offset}")
+            _check_crc(path, number, offset, "length", header[:8], header[8:])
             length = int.from_bytes(header[:8], "little")
             data = stream.read(length)
             footer = stream.read(4)
             if len(data) < length or len(footer) < 4:
                 raise RecordError(f"{path}: truncated record at byte {offset} (announces "
                                   f"{length} bytes, file ends first)")
+            _check_crc(path, number, offset, "data", data, footer)
             offset += 16 + length
+            number += 1
             yield data
 
 
 def count_records(path: str | Path) -> int:
-    """Number of records in a TFRecord file, walking the framing (truncation is an error)."""
+    """Number of records in a TFRecord file, walking the framing (lengths CRC-checked).
+
+    Raises:
+        CorruptRecordError: a record length that does not match its CRC.
+        RecordError: the file ends inside a record.
+    """
     path = Path(path)
     size = path.stat().st_size
     count, offset = 0, 0
     with open(path, "rb") as stream:
         while offset < size:
             stream.seek(offset)
-            header = stream.read(8)
-            if len(header) < 8:
+            header = stream.read(12)
+            if len(header) < 12:
                 raise RecordError(f"{path}: truncated record header at byte {offset}")
-            end = offset + 16 + int.from_bytes(header, "little")
+            _check_crc(path, count, offset, "length", header[:8], header[8:])
+            end = offset + 16 + int.from_bytes(header[:8], "little")
             if end > size:
                 raise RecordError(f"{path}: truncated record at byte {offset} (the file ends "
                                   f"at byte {size}, the record at byte {end})")

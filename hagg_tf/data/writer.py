@@ -11,13 +11,17 @@
   validation and evaluation part) this run writes, so a scheduler can spread one database over
   many machines sharing a directory; the run that completes the last shard writes the manifest
   (any run may: the manifest is a pure function of the finished shards).
-* Resumable: a shard is written under a temporary name, renamed when complete, and only then
-  marked finished by its ``.json`` sidecar; finished shards are skipped, never rewritten.
+* Resumable: a shard is written under a temporary name (``.<name>.tmp-<pid>``), renamed when
+  complete, and only then marked finished by its ``.json`` sidecar; finished shards are
+  skipped, never rewritten. A run that was killed leaves its temporary file: the next run that
+  writes that shard removes it if no process of that pid is alive on its machine (so runs on
+  machines sharing a directory must not write the same shard at once; they never need to).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import multiprocessing
@@ -36,8 +40,11 @@ from hagg_tf.data.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, S
 from hagg_tf.data.records import (DESCRIPTOR_FIELDS, FEATURE_KEYS, SampleTask, compute_sample,
                                   encode_example)
 from hagg_tf.model.io import atomic_write
+from hagg_tf.model.workers import bound_to_parent
 
 _SIDE_CAR_SUFFIX = ".json"
+#: Between a shard's temporary name and the pid of the process writing it.
+_TEMPORARY_INFIX = ".tmp-"
 
 
 def _write_json(path: Path, value) -> None:
@@ -59,6 +66,7 @@ class GenerationReport:
         wall_s: seconds this run took.
         complete: every shard of the database is finished.
         manifest: the manifest (when complete), else None.
+        removed_temporaries: temporary shard files of killed runs that this run removed.
     """
 
     written: list[str]
@@ -67,6 +75,7 @@ class GenerationReport:
     wall_s: float
     complete: bool
     manifest: dict | None
+    removed_temporaries: list[str] = dataclasses.field(default_factory=list)
 
 
 def _tables_settings(tables_path: str | None) -> dict:
@@ -162,7 +171,7 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
 
     started = time.perf_counter()
     shard_path = output / name
-    temporary = output / f".{name}.tmp-{os.getpid()}"
+    temporary = output / f".{name}{_TEMPORARY_INFIX}{os.getpid()}"
     homogeneous = 0
     per_theta = np.zeros(design.num_thetas, dtype=np.int64)
     try:
@@ -192,6 +201,43 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
     return sidecar
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OverflowError:
+        return False
+    return True
+
+
+def _remove_stale_temporaries(output: Path, name: str) -> list[str]:
+    """Removes the temporary files of shard ``name`` left by writers that were killed.
+
+    Called only for shards this run is about to write, and a file is removed only when no
+    process of the pid in its name is alive here: the temporary file of a live writer (on this
+    machine) is never touched.
+
+    Returns:
+        The names of the removed files.
+    """
+    prefix = f".{name}{_TEMPORARY_INFIX}"
+    removed = []
+    for path in output.glob(f"{glob.escape(prefix)}*"):
+        pid = path.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue  # another resuming run removed it first
+        removed.append(path.name)
+    return removed
+
+
 def _payload_stream(tasks: list[SampleTask], workers: int) -> Iterable[dict]:
     if workers <= 1 or len(tasks) <= 1:
         yield from map(compute_sample, tasks)
@@ -199,7 +245,7 @@ def _payload_stream(tasks: list[SampleTask], workers: int) -> Iterable[dict]:
     # spawn: the parent has TensorFlow loaded (its threads must not be forked); the workers
     # import only numpy/scipy/networkx and the renderer.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, **bound_to_parent()) as pool:
         yield from pool.imap(compute_sample, tasks, chunksize=4)
 
 
@@ -243,13 +289,14 @@ def generate_dataset(output: str | os.PathLike, config: DatasetConfig, *,
         if not 0 <= shard < config.num_shards:
             raise ValueError(f"shard index {shard} outside 0..{config.num_shards - 1}")
 
-    todo, skipped = [], []
+    todo, skipped, removed = [], [], []
     for shard in shard_indices:
         for split in SPLITS:
             name = design.shard_name(split, shard)
             indices = design.shards[split][shard]
             if _finished_shard(output, name, indices, settings_sha256) is None:
                 todo.append((name, split, indices))
+                removed += _remove_stale_temporaries(output, name)
             else:
                 skipped.append(name)
 
@@ -277,7 +324,7 @@ def generate_dataset(output: str | os.PathLike, config: DatasetConfig, *,
     manifest = write_manifest_if_complete(output, design, settings, command)
     return GenerationReport(written=written, skipped=skipped, records_written=len(tasks),
                             wall_s=time.perf_counter() - started, complete=manifest is not None,
-                            manifest=manifest)
+                            manifest=manifest, removed_temporaries=removed)
 
 
 def write_manifest_if_complete(output: Path, design: DatasetDesign, settings: dict,

@@ -14,23 +14,27 @@ Example::
 Nothing here imports TensorFlow until a model is loaded, so image checks and the estimators run
 without it.
 """
-from hagg_tf.estimation.characterize import (CharacterizationResult, characterize,
-                                             format_summary, plot_characterization,
-                                             write_outputs)
+from hagg_tf.estimation.characterize import (CharacterizationResult, characterization_figure,
+                                             characterize, format_summary,
+                                             plot_characterization, write_outputs)
 from hagg_tf.estimation.estimators import (CLASSIFIER_THRESHOLD, ThetaEstimate,
                                            combine_mixing_ratio, cyclic_subsets, estimate_theta,
                                            estimate_with_networks, round_cluster_size)
 from hagg_tf.estimation.images import (InputError, PreparedImages, StemInput, find_image_files,
                                        load_stem_images, prepare_images, read_stem_image)
 from hagg_tf.estimation.model import CharacterizeModel, default_model_dir, find_model
-from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SHADOW_DESCRIPTORS, draw_shadows,
+from hagg_tf.estimation.quantities import DESCRIPTOR_QUANTITIES, THETA_QUANTITIES, Quantity
+from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, MAX_SHADOWS, SAVED_SHADOWS,
+                                        SHADOW_DESCRIPTORS, draw_shadows, iter_shadows,
                                         shadow_summary)
 
 __all__ = [
-    "CharacterizationResult", "characterize", "format_summary", "plot_characterization",
-    "write_outputs", "CLASSIFIER_THRESHOLD", "ThetaEstimate", "combine_mixing_ratio",
+    "CharacterizationResult", "characterization_figure", "characterize", "format_summary",
+    "plot_characterization", "write_outputs", "DESCRIPTOR_QUANTITIES", "THETA_QUANTITIES",
+    "Quantity", "CLASSIFIER_THRESHOLD", "ThetaEstimate", "combine_mixing_ratio",
     "cyclic_subsets", "estimate_theta", "estimate_with_networks", "round_cluster_size",
     "InputError", "PreparedImages", "StemInput", "find_image_files", "load_stem_images",
     "prepare_images", "read_stem_image", "CharacterizeModel", "default_model_dir", "find_model",
-    "DEFAULT_SHADOWS", "SHADOW_DESCRIPTORS", "draw_shadows", "shadow_summary",
+    "DEFAULT_SHADOWS", "MAX_SHADOWS", "SAVED_SHADOWS", "SHADOW_DESCRIPTORS", "draw_shadows",
+    "iter_shadows", "shadow_summary",
 ]

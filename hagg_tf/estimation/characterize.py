@@ -8,10 +8,13 @@
    graph (:mod:`hagg_tf.export.characterize`, estimators of :mod:`hagg_tf.estimation.estimators`);
 3. draw M digital shadows from θ̂ (clipped into the model's domain, see
    :meth:`ThetaEstimate.shadow_parameters`) and report the mean ± s.d. of their S_TiO2,
-   Z_hetero and Z_total (Sec. 3.4.1; S_TiO2 over the shadows that contain TiO2).
+   Z_hetero and Z_total (Sec. 3.4.1; S_TiO2 over the shadows that contain TiO2). The shadows
+   are streamed: every shadow's descriptors are kept, the aggregates themselves only for the
+   first :data:`~hagg_tf.estimation.shadows.SAVED_SHADOWS`.
 
 ``write_outputs`` then writes ``report.json``, the shadows (``shadows.npz``, native and exact;
-``shadows.xyz``, extended XYZ) and a figure ``characterize.png``.
+``shadows.xyz``, extended XYZ) and a figure ``characterize.png``. What each reported number
+means, and how accurate it is, is said once in :mod:`hagg_tf.estimation.quantities`.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import math
 import os
 import pathlib
 import platform
+import sys
 import time
 from typing import Any, Optional, Sequence, Union
 
@@ -29,8 +33,11 @@ import numpy as np
 from hagg_tf.estimation.estimators import ThetaEstimate, finite_or_none, theta_errors
 from hagg_tf.estimation.images import (InputError, PreparedImages, StemInput, find_image_files,
                                        load_stem_images, prepare_images)
-from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SHADOW_DESCRIPTORS, descriptor_arrays,
-                                        draw_shadows, shadow_summary)
+from hagg_tf.estimation.quantities import (DESCRIPTOR_QUANTITIES, THETA_QUANTITIES,
+                                           format_typical_error, quantities_record,
+                                           typical_error)
+from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SHADOW_DESCRIPTORS, check_shadow_count,
+                                        collect_shadows, descriptor_arrays, shadow_summary)
 from hagg_tf.model.aggregate import Aggregate
 from hagg_tf.model.descriptors import Descriptors
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
@@ -46,8 +53,11 @@ class CharacterizationResult:
     Attributes:
         estimate: θ̂ with every network's raw output.
         shadow_parameters: the θ the shadows were drawn from (θ̂ made admissible).
-        shadows: the digital shadows.
-        descriptors: their structural descriptors (same order).
+        shadows: the first :data:`~hagg_tf.estimation.shadows.SAVED_SHADOWS` digital shadows
+            (all of them when there are no more), the ones written to shadows.npz /
+            shadows.xyz.
+        descriptors: the structural descriptors of every shadow, in order (``shadows[k]`` is
+            described by ``descriptors[k]``).
         summary: mean / s.d. / count of every descriptor over the shadows (NaN-aware).
         images: per input image: file, shape, pixel type, pixel size, dose, what was done.
         prepared: the images as the networks saw them (before preprocessing).
@@ -59,6 +69,8 @@ class CharacterizationResult:
             from one θ (the shipped examples), else None.
         seed: base seed of the shadows.
         timings: seconds per stage.
+        shadow_count: number M of shadows drawn (``len(descriptors)``).
+        shadow_restarts: generator restarts summed over all M shadows.
     """
 
     estimate: ThetaEstimate
@@ -74,6 +86,8 @@ class CharacterizationResult:
     simulated_theta: Optional[ModelParameters]
     seed: int
     timings: dict
+    shadow_count: int
+    shadow_restarts: int
 
     def report(self) -> dict[str, Any]:
         """JSON-able report (the content of ``report.json``)."""
@@ -92,15 +106,17 @@ class CharacterizationResult:
                 "tio2_cluster_size": "CNN^1 on inverse-intensity nu-stacks, likewise "
                                      "(Sec. 2.3.5)",
             },
+            "quantities": quantities_record(card),
             "shadows": {
-                "count": len(self.shadows),
+                "count": self.shadow_count,
+                "saved": len(self.shadows),
                 "seed": self.seed,
                 "theta": self.shadow_parameters.as_dict(),
                 "theta_note": "theta_hat with theta_Df clipped into [1.01, 2.99], theta_rho "
                               "into [0, 1] and cluster sizes to >= 1",
                 "descriptors": {SHADOW_DESCRIPTORS.get(name, name): values
                                 for name, values in self.summary.items()},
-                "restarts": int(sum(aggregate.restarts for aggregate in self.shadows)),
+                "restarts": self.shadow_restarts,
             },
             "images": self.images,
             "model": {"path": str(self.model["version_dir"]),
@@ -128,7 +144,6 @@ def _versions() -> dict:
 
     versions = {"hagg_tf": hagg_tf.__version__, "python": platform.python_version(),
                 "numpy": np.__version__}
-    import sys
     if "tensorflow" in sys.modules:
         versions["tensorflow"] = sys.modules["tensorflow"].__version__
     return versions
@@ -191,7 +206,8 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
                  pixel_size_nm: Optional[float] = None,
                  electrons_per_pixel: Optional[float] = None, dose: Optional[float] = None,
                  shadows: int = DEFAULT_SHADOWS, seed: int = 0, workers: Optional[int] = None,
-                 generator_config: Optional[GeneratorConfig] = None) -> CharacterizationResult:
+                 generator_config: Optional[GeneratorConfig] = None,
+                 progress: bool = False) -> CharacterizationResult:
     """θ̂, digital shadows and their descriptors for the STEM images of one sample.
 
     Args:
@@ -204,10 +220,13 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         electrons_per_pixel: incident electrons per pixel (8-bit images: grey value of the full
             beam).
         dose: dose in e/Å² for 16-bit images without metadata (default 149 with a warning).
-        shadows: number M of digital shadows.
+        shadows: number M of digital shadows, 1 to
+            :data:`~hagg_tf.estimation.shadows.MAX_SHADOWS`.
         seed: base seed of the shadows.
         workers: processes drawing shadows (None: one up to 200 shadows, else all cores).
         generator_config: settings of the stochastic model for the shadows.
+        progress: show a progress bar on stderr while drawing more than
+            :data:`~hagg_tf.estimation.shadows.PROGRESS_SHADOWS` shadows.
 
     Returns:
         The result; see :class:`CharacterizationResult`.
@@ -218,6 +237,10 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     """
     from hagg_tf.estimation.model import CharacterizeModel
 
+    try:
+        shadows = check_shadow_count(shadows)
+    except ValueError as error:
+        raise InputError(str(error)) from None
     timings = {}
     started = time.perf_counter()
     inputs, warnings, notes = _as_inputs(images, pixel_size_nm, electrons_per_pixel, dose)
@@ -237,6 +260,7 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     started = time.perf_counter()
     prepared, prepare_warnings = prepare_images(inputs, model.image_size, model.pixel_size_nm)
     warnings.extend(prepare_warnings)
+    notes.extend(prepared.notes)
     timings["prepare_images"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -248,7 +272,12 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     if params.as_tuple() != estimate.theta:
         warnings.append(f"θ̂ = {_format_theta(estimate.theta)} is outside the model's domain; "
                         f"shadows drawn from {_format_theta(params.as_tuple())}")
-    aggregates, descriptors = draw_shadows(params, shadows, seed, workers, generator_config)
+    aggregates, descriptors, restarts = collect_shadows(params, shadows, seed, workers,
+                                                        generator_config, progress=progress)
+    if shadows > len(aggregates):
+        notes.append(f"shadows.npz and shadows.xyz hold the first {len(aggregates)} of the "
+                     f"{shadows} shadows; all {shadows} enter the descriptors (shadow k is "
+                     "sample_aggregate(θ, seed, k), so any of them can be drawn again)")
     timings["shadows"] = time.perf_counter() - started
 
     image_info = []
@@ -262,7 +291,8 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         prepared=prepared, warnings=warnings, notes=notes,
         model={"version_dir": model.version_dir, "metadata": model.metadata,
                "model_card": model.model_card},
-        simulated_theta=_simulated_theta(inputs), seed=seed, timings=timings)
+        simulated_theta=_simulated_theta(inputs), seed=seed, timings=timings,
+        shadow_count=len(descriptors), shadow_restarts=restarts)
 
 
 def collapse_warnings(warnings: Sequence[str]) -> list[str]:
@@ -285,6 +315,11 @@ def collapse_warnings(warnings: Sequence[str]) -> list[str]:
         else:
             lines.append(f"{len(names)} images ({names[0]} … {names[-1]}): {key}")
     return lines
+
+
+def _format_known_theta(params: ModelParameters) -> str:
+    """A θ given by the user or metadata, as written there: ``(1.8, 0.5, 3, 2)``."""
+    return "(" + ", ".join(f"{value:g}" for value in params.as_tuple()) + ")"
 
 
 def _format_theta(theta) -> str:
@@ -318,9 +353,10 @@ def write_outputs(result: CharacterizationResult, output_dir: Union[str, os.Path
                   figure: bool = True, xyz: bool = True) -> dict[str, pathlib.Path]:
     """Writes the report, the shadows and the figure into ``output_dir``.
 
-    Files: ``report.json``; ``shadows.npz`` (native aggregate file, exact);
-    ``shadows.xyz`` (extended XYZ, if ``xyz``); ``characterize.png`` (if ``figure`` and
-    matplotlib is installed, else a warning is added to the report).
+    Files: ``report.json``; ``shadows.npz`` (native aggregate file, exact) and ``shadows.xyz``
+    (extended XYZ, if ``xyz``) with ``result.shadows``, the first
+    :data:`~hagg_tf.estimation.shadows.SAVED_SHADOWS` shadows; ``characterize.png`` (if
+    ``figure`` and matplotlib is installed, else a warning is added to the report).
 
     Returns:
         ``{"report": path, "shadows": path, ...}`` of the files written.
@@ -348,34 +384,113 @@ def write_outputs(result: CharacterizationResult, output_dir: Union[str, os.Path
 
 def plot_characterization(result: CharacterizationResult, path: Union[str, os.PathLike]
                           ) -> pathlib.Path:
-    """Figure: two input images with their per-image estimates, one shadow projected along the
-    beam, and histograms of S_TiO2, Z_hetero, Z_total over the shadows.
+    """Writes :func:`characterization_figure` to ``path`` (PNG).
 
     Raises:
         ImportError: matplotlib is missing.
     """
-    import matplotlib
+    figure = characterization_figure(result)
+    path = pathlib.Path(path)
+    figure.savefig(path, dpi=90)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+#: Largest side of a contact-sheet thumbnail, pixels (a 512-px image is shown at half size).
+THUMBNAIL_SIDE = 256
+
+
+def characterization_figure(result: CharacterizationResult):
+    """Figure: every input image as the networks saw it (a contact sheet with a scale bar in nm
+    and each image's D̂_f and ρ̂), one shadow projected along the beam, and histograms of S_TiO2,
+    Z_hetero and Z_total over the shadows with their means marked.
+
+    Built on a bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend change).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ImportError: matplotlib is missing.
+    """
+    from matplotlib.figure import Figure
+
+    estimate = result.estimate
+    counts = result.prepared.counts
+    count = len(counts)
+    columns = min(count, max(6, math.ceil(math.sqrt(count))))
+    rows = math.ceil(count / columns)
+    width = max(13.0, 2.2 * columns)
+    figure = Figure(figsize=(width, 2.5 * rows + 4.3), layout="constrained")
+    sheet, bottom = figure.subfigures(2, 1, height_ratios=[2.5 * rows, 4.0])
+    image_axes = sheet.subplots(rows, columns, squeeze=False)
+    for number, axis in enumerate(image_axes.ravel()):
+        axis.set_axis_off()
+        if number < count:
+            _plot_thumbnail(axis, result, number)
+    sheet.suptitle(f"the {count} images as the networks saw them ({counts.shape[1]}×"
+                   f"{counts.shape[2]} px); per image: " + r"$\hat D_f$, $\hat\rho$",
+                   fontsize=10)
+
+    axes = bottom.subplots(1, 4)
+    _plot_shadow(axes[0], result)
+    values = descriptor_arrays(result.descriptors)
+    for axis, quantity in zip(axes[1:], DESCRIPTOR_QUANTITIES):
+        data = values[quantity.key][np.isfinite(values[quantity.key])]
+        stats = result.summary[quantity.key]
+        if data.size:
+            axis.hist(data, bins=min(30, max(5, data.size // 4)), color="tab:gray")
+        if stats["mean"] is not None:
+            axis.axvline(stats["mean"], color="tab:red", linewidth=1.5,
+                         label=f"mean {_format_stat(stats['mean'])}")
+            axis.legend(fontsize=8, loc="upper right")
+        axis.set_title(f"{quantity.tex} = {_format_stat(stats['mean'])} ± "
+                       f"{_format_stat(stats['std'])} (s.d.), {stats['count']} shadows",
+                       fontsize=9)
+        axis.set_xlabel(_tex_formulas(f"{quantity.tex}, {quantity.name}:\n{quantity.meaning}"),
+                        fontsize=8)
+        axis.set_ylabel("shadows")
+
+    theta = ", ".join(f"{quantity.tex} = {_format_value(value)}"
+                      for quantity, value in zip(THETA_QUANTITIES, estimate.theta))
+    title = r"$\hat\theta$ from " + f"{estimate.num_images} images: {theta}"
+    if result.simulated_theta is not None:
+        title += ("; simulated with " + r"$\theta$ = "
+                  + _format_known_theta(result.simulated_theta))
+    if is_placeholder(result.model.get("model_card") or {}):
+        title += "\nPLACEHOLDER networks (trained briefly on CPU): numbers show the chain, " \
+                 "not the paper's accuracy"
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def _plot_thumbnail(axis, result: CharacterizationResult, number: int) -> None:
+    """One image of the contact sheet, in nm, with a scale bar and its per-image estimates."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    image = result.prepared.counts[number]
+    pixel = (result.model["metadata"].get("pixel_size_nm")
+             or result.images[number]["pixel_size_nm"])
+    step = max(1, math.ceil(max(image.shape) / THUMBNAIL_SIDE))
+    high = float(np.percentile(image, 99.8)) or float(image.max()) or 1.0
+    field = (image.shape[1] * pixel, image.shape[0] * pixel)
+    axis.imshow(image[::step, ::step], cmap="gray", vmin=0, vmax=high,
+                extent=(0.0, field[0], field[1], 0.0), interpolation="antialiased")
+    length = _scale_bar_length(field[0])
+    axis.add_artist(AnchoredSizeBar(axis.transData, length, f"{length:g} nm", "lower right",
+                                    color="white", frameon=False, size_vertical=field[1] / 120,
+                                    fontproperties={"size": 7}, pad=0.3))
+    estimate = result.estimate
+    name = pathlib.Path(result.images[number]["path"]).name.replace("$", r"\$")
+    axis.set_title(f"{name}\n" + r"$\hat D_f$"
+                   + f" {estimate.fractal_dimension_per_image[number]:.2f}, " + r"$\hat\rho$"
+                   + f" {estimate.mixing_ratio_per_image[number]:.2f}", fontsize=7)
+
+
+def _plot_shadow(axis, result: CharacterizationResult) -> None:
+    """Shadow 0 projected along the beam (z), far particles drawn first."""
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle
 
-    estimate = result.estimate
-    figure, axes = plt.subplots(2, 3, figsize=(13, 8.5))
-    counts = result.prepared.counts
-    for column in range(2):
-        axis = axes[0, column]
-        axis.set_axis_off()
-        if column >= len(counts):
-            continue
-        image = counts[column]
-        high = np.percentile(image, 99.8) or image.max() or 1.0
-        axis.imshow(image, cmap="gray", vmin=0, vmax=high)
-        axis.set_title(f"{pathlib.Path(result.images[column]['path']).name}\n"
-                       f"D̂f = {estimate.fractal_dimension_per_image[column]:.3f}, "
-                       f"ρ̂ = {estimate.mixing_ratio_per_image[column]:.3f}", fontsize=9)
-    axis = axes[0, 2]
     shadow = result.shadows[0]
     colours = np.where(shadow.labels == 0, "tab:blue", "tab:orange")
     order = np.argsort(shadow.positions[:, 2])  # far particles first, near ones on top
@@ -390,36 +505,20 @@ def plot_characterization(result: CharacterizationResult, path: Union[str, os.Pa
     axis.set_aspect("equal")
     axis.set_xlabel("x / nm")
     axis.set_ylabel("y / nm")
-    axis.set_title(f"digital shadow 0 of {len(result.shadows)} (N = {shadow.size}; "
-                   "WO3 blue, TiO2 orange)", fontsize=9)
-    values = descriptor_arrays(result.descriptors)
-    for column, (name, symbol) in enumerate(SHADOW_DESCRIPTORS.items()):
-        axis = axes[1, column]
-        data = values[name][np.isfinite(values[name])]
-        stats = result.summary[name]
-        if data.size:
-            axis.hist(data, bins=min(30, max(5, data.size // 4)), color="tab:gray")
-        mean, std = stats["mean"], stats["std"]
-        axis.set_title(f"{symbol}: {_format_stat(mean)} ± {_format_stat(std)} "
-                       f"({stats['count']} shadows)", fontsize=10)
-        axis.set_xlabel(symbol)
-        axis.set_ylabel("shadows")
-    theta = estimate.theta
-    title = (f"θ̂ = (θ_Df {theta[0]:.3f}, θ_ρ {theta[1]:.3f}, θ_0 {theta[2]}, θ_1 {theta[3]}) "
-             f"from {estimate.num_images} images")
-    if result.simulated_theta is not None:
-        truth = result.simulated_theta
-        title += (f"; simulated θ = ({truth.fractal_dimension:g}, {truth.mixing_ratio:g}, "
-                  f"{truth.wo3_cluster_size}, {truth.tio2_cluster_size})")
-    if is_placeholder(result.model.get("model_card") or {}):
-        title += "\nPLACEHOLDER networks (trained briefly on CPU): numbers show the chain, " \
-                 "not the paper's accuracy"
-    figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    path = pathlib.Path(path)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    axis.set_title(f"digital shadow 0 of {result.shadow_count} ({shadow.size} particles)\n"
+                   + _tex_formulas("WO3 blue, TiO2 orange"), fontsize=9)
+
+
+def _scale_bar_length(field_nm: float) -> float:
+    """A round length (1, 2 or 5 × 10^k nm) of at most a quarter of the field of view."""
+    target = field_nm / 4.0
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(factor * power for factor in (1.0, 2.0, 5.0) if factor * power <= target)
+
+
+def _tex_formulas(text: str) -> str:
+    """WO3 and TiO2 with their subscripts in mathtext."""
+    return text.replace("WO3", r"WO$_3$").replace("TiO2", r"TiO$_2$")
 
 
 def _format_stat(value) -> str:
@@ -427,36 +526,55 @@ def _format_stat(value) -> str:
         else f"{value:.3f}"
 
 
+def _format_value(value) -> str:
+    """θ̂ entries: cluster sizes as integers, the rest with three decimals."""
+    return str(value) if isinstance(value, (int, np.integer)) else f"{value:.3f}"
+
+
 def format_summary(result: CharacterizationResult) -> str:
-    """The console summary printed by ``hagg-characterize``."""
+    """The console summary printed by ``hagg-characterize``: one plain line per reported
+    quantity (name, symbol, value, typical error or spread, meaning; see
+    :mod:`hagg_tf.estimation.quantities`)."""
     estimate = result.estimate
-    lines = []
-    per_df = estimate.fractal_dimension_per_image
-    lines.append("θ̂ (paper Sec. 2.3):")
-    lines.append(f"  θ_Df = {estimate.fractal_dimension:.3f}   mean of CNN^Df over "
-                 f"{estimate.num_images} images (per image {per_df.min():.3f}–{per_df.max():.3f})")
-    lines.append(f"  θ_ρ  = {estimate.mixing_ratio:.3f}   with CNN^ρ_class "
-                 f"({estimate.homogeneous_images} of {estimate.num_images} images called "
-                 f"homogeneous); regressor only {estimate.mixing_ratio_regressor_only:.3f}")
-    subsets = len(estimate.wo3_cluster_size_per_subset)
-    subset_text = "one ν-stack" if subsets == 1 else f"mean over {subsets} cyclic ν-stacks"
-    lines.append(f"  θ_0  = {estimate.wo3_cluster_size}       CNN^0 raw "
-                 f"{estimate.wo3_cluster_size_raw:.3f} ({subset_text})")
-    lines.append(f"  θ_1  = {estimate.tio2_cluster_size}       CNN^1 raw "
-                 f"{estimate.tio2_cluster_size_raw:.3f} ({subset_text}, inverse intensities)")
+    card = result.model.get("model_card") or {}
+    names = [quantity.name for quantity in THETA_QUANTITIES + DESCRIPTOR_QUANTITIES]
+    symbols = [quantity.symbol for quantity in THETA_QUANTITIES + DESCRIPTOR_QUANTITIES]
+    name_width, symbol_width = max(map(len, names)), max(map(len, symbols))
+    rows = []
+    for quantity, value in zip(THETA_QUANTITIES, estimate.theta):
+        rows.append((quantity, _format_value(value),
+                     format_typical_error(typical_error(quantity.key, card)), ""))
+    shadow_rows = []
+    for quantity in DESCRIPTOR_QUANTITIES:
+        stats = result.summary[quantity.key]
+        extra = ""
+        if quantity.key == "tio2_cluster_size" and stats["count"] < result.shadow_count:
+            extra = f" ({stats['count']} of {result.shadow_count} shadows contain TiO2)"
+        shadow_rows.append((quantity, _format_stat(stats["mean"]),
+                            f"spread ±{_format_stat(stats['std'])} (s.d.)", extra))
+    value_width = symbol_width + 3 + max(len(row[1]) for row in rows + shadow_rows)
+    error_width = max(len(row[2]) for row in rows + shadow_rows)
+
+    def line(row):
+        quantity, value, error, extra = row
+        equation = f"{quantity.symbol} = {value}"
+        return (f"  {quantity.name:<{name_width}}  {equation:<{value_width}}  "
+                f"{error:<{error_width}}  {quantity.meaning}{extra}")
+
+    lines = [f"Estimated from the {estimate.num_images} images: θ̂, the parameters of the 3D "
+             "model of the aggregates"]
+    lines.extend(line(row) for row in rows)
+    accuracy = card.get("accuracy") or {}
+    if any(typical_error(quantity.key, card) for quantity in THETA_QUANTITIES):
+        samples = accuracy.get("groups_of_nu")
+        lines.append("  (typical error: mean absolute error on "
+                     + (f"{samples} " if samples else "")
+                     + "simulated test samples; sizes: how often exact / within ±1)")
     if result.simulated_theta is not None:
-        truth = result.simulated_theta
-        lines.append(f"  (the images' metadata: simulated with θ = ({truth.fractal_dimension:g}, "
-                     f"{truth.mixing_ratio:g}, {truth.wo3_cluster_size}, "
-                     f"{truth.tio2_cluster_size}))")
-    params = result.shadow_parameters
-    lines.append(f"digital shadows: {len(result.shadows)} aggregates from θ = "
-                 f"({params.fractal_dimension:.3f}, {params.mixing_ratio:.3f}, "
-                 f"{params.wo3_cluster_size}, {params.tio2_cluster_size}), seed {result.seed}")
-    for name, symbol in SHADOW_DESCRIPTORS.items():
-        stats = result.summary[name]
-        extra = (f"   ({stats['count']} of {len(result.shadows)} shadows contain TiO2)"
-                 if name == "tio2_cluster_size" else "")
-        lines.append(f"  {symbol:<8} = {_format_stat(stats['mean'])} ± "
-                     f"{_format_stat(stats['std'])}{extra}")
+        lines.append("  (the images' metadata: simulated with θ = "
+                     f"{_format_known_theta(result.simulated_theta)})")
+    lines.append(f"{result.shadow_count} digital shadows, new aggregates drawn from θ = "
+                 f"{_format_theta(result.shadow_parameters.as_tuple())} (seed {result.seed}); "
+                 "mean over the shadows:")
+    lines.extend(line(row) for row in shadow_rows)
     return "\n".join(lines)

@@ -11,12 +11,15 @@ Physics per image (needed to put foreign images on the training images' footing)
   image without either is refused, since the networks see sizes in pixels.
 * **electrons per pixel** (incident electrons per pixel, the factor between detector counts and
   the HAADF intensity as a fraction of the beam): from the metadata, else
-  ``electrons_per_pixel=``, else, for 16-bit and float images, ``dose × (10·pixel size)²`` with
+  ``electrons_per_pixel=``, else, for 16-bit images, ``dose × (10·pixel size)²`` with
   ``dose=`` in e/Å² (default: the paper's 149 e/Å², with a warning). Only CNN^1 needs it: its
   1/p inversion (Sec. 2.3.5) must know which pixels exceed p = 0.001; the other networks scale
-  each image to [-0.5, 0.5] and do not care. **8-bit images** hold display grey values, not
-  counts, so no dose can turn them into intensity fractions: they need ``electrons_per_pixel=``,
-  the grey value the unscattered beam would have, and are refused without it.
+  each image to [-0.5, 0.5] and do not care. Only **16-bit** integers are taken for detector
+  counts. **8-bit and float images** hold display grey values or intensities in units of their
+  own (a float TIFF in [0, 1], say), so no dose can turn them into intensity fractions: they
+  need ``electrons_per_pixel=``, the value the whole incident beam would have in the image (1
+  for intensities as fractions of the beam, dose × pixel area for counts stored as floats), and
+  are refused without it, with one message for both (:func:`not_counts_message`).
 
 Preparation (:func:`prepare_images`) for networks trained at pixel size ``s`` on ``S × S``
 images:
@@ -26,7 +29,9 @@ images:
    σ = (s/s_image − 1)/2 pixels when shrinking (anti-aliasing), interpolated linearly
    (``scipy.ndimage.zoom``, order 1, ``grid_mode=True``: pixel areas, not centres, line up) and
    turned back into counts of the new, larger or smaller pixel (electrons per pixel scale with
-   the pixel area), so p and the dose per area are unchanged.
+   the pixel area), so p and the dose per area are unchanged. An image whose resampled side
+   would fall outside 16–4096 pixels is refused (:func:`check_resampling`): its pixel size is
+   almost surely wrong.
 2. **Padding or cropping** to ``S × S``: the background level is the median of the image's
    outermost 4-pixel frame (vacuum around a centred aggregate; 0 counts in simulated images).
    Missing rows and columns are filled with it, on both sides equally. An image larger than
@@ -50,6 +55,9 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Pixel types accepted, by numpy dtype name.
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32", "float64")
+#: Pixel types taken for detector counts (a dose converts them); the others need the beam's
+#: value, ``electrons_per_pixel``.
+COUNT_DTYPES = ("uint16",)
 #: The paper's electron dose, e/Å² (Sec. 2.1.4), assumed when a 16-bit image says nothing.
 DEFAULT_DOSE = 149.0
 #: Relative pixel-size difference tolerated without resampling.
@@ -58,8 +66,11 @@ PIXEL_SIZE_TOLERANCE = 1e-3
 BACKGROUND_FRAME = 4
 #: Share of the above-background intensity a crop may cut off before a warning.
 CROP_LOSS_WARNING = 0.01
-#: Smallest image side accepted, pixels.
+#: Smallest image side accepted, pixels (also after resampling).
 MINIMUM_SIDE = 16
+#: Largest image side after resampling, pixels: 8 × the paper's 512 (a 4096² float64 copy is
+#: 128 MiB); a larger one is mostly field of view that the crop to the networks' input discards.
+MAXIMUM_RESAMPLED_SIDE = 4096
 
 
 class InputError(ValueError):
@@ -109,11 +120,14 @@ class PreparedImages:
         counts: (n, S, S) float32 counts at the networks' pixel size.
         electrons_per_pixel: (n,) float32 electrons per (new) pixel.
         changes: per image, what was done (``"resampled 0.6→1.2 nm"``, ``"padded"``, …).
+        notes: for the console, one line per image whose size was changed by padding or
+            cropping (``"a.tif: 300×300 px padded to the networks' 512×512 px …"``).
     """
 
     counts: np.ndarray
     electrons_per_pixel: np.ndarray
     changes: list
+    notes: list = dataclasses.field(default_factory=list)
 
 
 def _has_glob(pattern: str) -> bool:
@@ -238,6 +252,18 @@ def _check_values(pixels: np.ndarray, path: pathlib.Path) -> None:
         raise InputError(f"{path}: every pixel has the value {pixels.flat[0]}: an empty image")
 
 
+def not_counts_message(path: Union[str, os.PathLike], dtype: np.dtype) -> str:
+    """The one message for an 8-bit or float image given without ``electrons_per_pixel``."""
+    dtype = np.dtype(dtype)
+    kind = "8-bit" if dtype == np.uint8 else f"{dtype.itemsize * 8}-bit float"
+    return (f"{path}: {kind} image without a dose: its values are grey levels or intensities, not "
+            "detector counts (only 16-bit images are taken as counts), so --dose cannot convert "
+            "them, and CNN^1's intensity inversion (pixels above 0.1 % of the beam, Sec. 2.3.5) "
+            "cannot be placed; give --electrons_per_pixel, the value the whole beam would have "
+            "in this image (1 if the values are fractions of the beam), or use the 16-bit "
+            "detector counts")
+
+
 def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[float] = None,
                     electrons_per_pixel: Optional[float] = None,
                     dose: Optional[float] = None) -> tuple[StemInput, list[str]]:
@@ -247,10 +273,10 @@ def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[fl
         path: PNG or TIFF file.
         pixel_size_nm: pixel edge in nm for files without hagg_tf metadata; overrides the
             metadata if given.
-        electrons_per_pixel: incident electrons per pixel (8-bit: grey value of the full beam);
-            overrides the metadata if given.
+        electrons_per_pixel: incident electrons per pixel (8-bit and float images: the value of
+            the full beam in the image's units); overrides the metadata if given.
         dose: electron dose in e/Å² used with the pixel size when neither metadata nor
-            ``electrons_per_pixel`` give the electrons per pixel (16-bit and float images only).
+            ``electrons_per_pixel`` give the electrons per pixel (16-bit images only).
 
     Returns:
         (the image, warnings).
@@ -277,19 +303,15 @@ def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[fl
     else:
         raise InputError(f"{path}: no pixel size in the file; give --pixel_size_nm "
                          "(nm per pixel of your images)")
-    if not pixel > 0:
-        raise InputError(f"{path}: pixel size must be positive, got {pixel:g}")
+    if not (pixel > 0 and math.isfinite(pixel)):
+        raise InputError(f"{path}: pixel size must be finite and positive, got {pixel:g}")
 
     if electrons_per_pixel is not None:
         electrons, sources["electrons_per_pixel"] = float(electrons_per_pixel), "flag"
     elif meta_electrons is not None:
         electrons, sources["electrons_per_pixel"] = float(meta_electrons), "metadata"
-    elif pixels.dtype == np.uint8:
-        raise InputError(
-            f"{path}: 8-bit image without a dose: its grey values are not detector counts, so "
-            "the intensity inversion of CNN^1 (pixels above 0.1 % of the beam, Sec. 2.3.5) "
-            "cannot be placed; give --electrons_per_pixel (the grey value the unscattered beam "
-            "would have) or use the 16-bit detector counts")
+    elif pixels.dtype.name not in COUNT_DTYPES:
+        raise InputError(not_counts_message(path, pixels.dtype))
     else:
         used_dose = DEFAULT_DOSE if dose is None else float(dose)
         if dose is None:
@@ -297,8 +319,9 @@ def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[fl
                             f"{DEFAULT_DOSE:g} e/Å² (give --dose or --electrons_per_pixel)")
         electrons = used_dose * (10.0 * pixel) ** 2
         sources["electrons_per_pixel"] = "dose"
-    if not electrons > 0:
-        raise InputError(f"{path}: electrons per pixel must be positive, got {electrons:g}")
+    if not (electrons > 0 and math.isfinite(electrons)):
+        raise InputError(f"{path}: electrons per pixel must be finite and positive, got "
+                         f"{electrons:g}")
     return StemInput(str(path), pixels.astype(np.float64), pixels.dtype.name, pixel, electrons,
                      sources, metadata), warnings
 
@@ -344,6 +367,29 @@ def resample(counts: np.ndarray, electrons_per_pixel: float, zoom: float
     np.maximum(resampled, 0.0, out=resampled)
     new_electrons = electrons_per_pixel / zoom ** 2
     return resampled * new_electrons, new_electrons
+
+
+def check_resampling(images: Sequence[StemInput], pixel_size_nm: Optional[float]) -> None:
+    """Refuses images whose resampling to ``pixel_size_nm`` would be absurdly small or large.
+
+    Images within :data:`PIXEL_SIZE_TOLERANCE` of ``pixel_size_nm`` are not resampled and pass.
+
+    Raises:
+        InputError: a side would fall below :data:`MINIMUM_SIDE` or exceed
+            :data:`MAXIMUM_RESAMPLED_SIDE` pixels (a wrong pixel size, most likely).
+    """
+    if pixel_size_nm is None:
+        return
+    for image in images:
+        if math.isclose(image.pixel_size_nm, pixel_size_nm, rel_tol=PIXEL_SIZE_TOLERANCE):
+            continue
+        zoom = image.pixel_size_nm / pixel_size_nm
+        sides = [int(round(side * zoom)) for side in image.counts.shape]
+        if not MINIMUM_SIDE <= min(sides) <= max(sides) <= MAXIMUM_RESAMPLED_SIDE:
+            raise InputError(
+                f"{image.path}: at {image.pixel_size_nm:g} nm per pixel, resampling to the "
+                f"networks' {pixel_size_nm:g} nm gives {sides[0]}×{sides[1]} pixels (allowed: "
+                f"{MINIMUM_SIDE} to {MAXIMUM_RESAMPLED_SIDE} per side); check the pixel size")
 
 
 def fit_to_size(counts: np.ndarray, size: int) -> tuple[np.ndarray, list[str]]:
@@ -398,8 +444,12 @@ def prepare_images(images: Sequence[StemInput], image_size: int,
 
     Returns:
         (prepared images, warnings).
+
+    Raises:
+        InputError: an image would be resampled to an absurd size (:func:`check_resampling`).
     """
-    warnings, changes = [], []
+    check_resampling(images, pixel_size_nm)
+    warnings, changes, size_notes = [], [], []
     prepared, electrons = [], []
     for image in images:
         counts, per_pixel, done = image.counts, image.electrons_per_pixel, []
@@ -414,11 +464,25 @@ def prepare_images(images: Sequence[StemInput], image_size: int,
             warnings.append(f"{name}: pixel size {image.pixel_size_nm:g} nm differs from the "
                             f"networks' {pixel_size_nm:g} nm; resampled")
         if counts.shape != (image_size, image_size):
+            before = counts.shape
             counts, notes = fit_to_size(counts, image_size)
+            size_notes.append(_fit_note(name, before, image_size, notes, bool(done)))
             done.extend(note for note in notes if not note.startswith("warning"))
             warnings.extend(f"{name}: {note[len('warning: '):]}" for note in notes
                             if note.startswith("warning"))
         prepared.append(counts.astype(np.float32))
         electrons.append(per_pixel)
         changes.append(done)
-    return PreparedImages(np.stack(prepared), np.asarray(electrons, np.float32), changes), warnings
+    return (PreparedImages(np.stack(prepared), np.asarray(electrons, np.float32), changes,
+                           size_notes), warnings)
+
+
+def _fit_note(name: str, shape: tuple, size: int, notes: Sequence[str], resampled: bool) -> str:
+    """``"a.tif: 300×300 px, padded with its background level to the networks' 512×512 px
+    input"`` (from the notes of :func:`fit_to_size`)."""
+    actions = {"padded": "padded with its background level",
+               "cropped": "cropped around the aggregate"}
+    done = " and ".join(text for action, text in actions.items()
+                        if any(note.startswith(action) for note in notes))
+    return (f"{name}: {shape[0]}×{shape[1]} px{' after resampling' if resampled else ''}, "
+            f"{done} to the networks' {size}×{size} px input")

@@ -12,6 +12,8 @@ from hagg_tf.estimation.estimators import ThetaEstimate
 
 #: Environment variable that overrides the default model location.
 MODELS_ENVIRONMENT_VARIABLE = "HAGG_TF_MODELS"
+#: Folder of the shipped networks: top-level in the repository, inside ``hagg_tf`` once installed.
+SHIPPED_MODELS_DIRNAME = "saved_models"
 #: Directory name of the composite model under the export base (TF Serving's model name).
 CHARACTERIZE_MODEL_NAME = "characterize"
 #: Metadata file of every hagg_tf export; the same name as
@@ -64,18 +66,27 @@ def read_metadata(version_dir: Union[str, os.PathLike]) -> dict:
     return metadata
 
 
-def repository_models_dir() -> pathlib.Path:
-    """``saved_models/`` next to the ``hagg_tf`` package (a source checkout or editable install)."""
-    return pathlib.Path(__file__).resolve().parents[2] / "saved_models"
+def shipped_models_dir() -> pathlib.Path:
+    """The networks shipped with hagg_tf: the repository's top-level ``saved_models/``.
+
+    An installed wheel carries that folder as ``hagg_tf/saved_models`` (package
+    ``hagg_tf.saved_models`` in setup.cfg); a source checkout or an editable install keeps it
+    next to the ``hagg_tf`` package. The installed copy wins where both exist; where neither
+    does, the installed location is returned (and named by the error of :func:`find_model`).
+    """
+    package = pathlib.Path(__file__).resolve().parents[1]
+    installed = package / SHIPPED_MODELS_DIRNAME
+    checkout = package.parent / SHIPPED_MODELS_DIRNAME
+    return checkout if checkout.is_dir() and not installed.is_dir() else installed
 
 
 def default_model_dir() -> pathlib.Path:
     """Where ``hagg-characterize`` finds its models when ``--models`` is not given.
 
-    ``$HAGG_TF_MODELS`` if set, else the shipped ``saved_models/`` of the checkout.
+    ``$HAGG_TF_MODELS`` if set, else :func:`shipped_models_dir`.
     """
     override = os.environ.get(MODELS_ENVIRONMENT_VARIABLE)
-    return pathlib.Path(override) if override else repository_models_dir()
+    return pathlib.Path(override) if override else shipped_models_dir()
 
 
 def find_model(path: Optional[Union[str, os.PathLike]] = None) -> tuple[pathlib.Path, dict]:
@@ -85,9 +96,23 @@ def find_model(path: Optional[Union[str, os.PathLike]] = None) -> tuple[pathlib.
         path: export base, model directory or version directory; None: :func:`default_model_dir`.
 
     Raises:
-        FileNotFoundError, ValueError: nothing usable there.
+        FileNotFoundError: no export there; the message says where it looked and how to point
+            hagg_tf at models (``--models``, ``$HAGG_TF_MODELS``).
+        ValueError: the export's metadata is unreadable or of another kind.
     """
-    version_dir = resolve_version_dir(default_model_dir() if path is None else path)
+    try:
+        version_dir = resolve_version_dir(default_model_dir() if path is None else path)
+    except FileNotFoundError as error:
+        if path is not None:
+            origin = ""
+        elif os.environ.get(MODELS_ENVIRONMENT_VARIABLE):
+            origin = f"; ${MODELS_ENVIRONMENT_VARIABLE} points there"
+        else:
+            origin = "; the networks shipped with hagg_tf are missing from this installation"
+        raise FileNotFoundError(
+            f"{error}{origin}; point --models (hagg-evaluate: --model) or "
+            f"${MODELS_ENVIRONMENT_VARIABLE} at an export of hagg-export-models "
+            f"(docs/learning.md)") from None
     return version_dir, read_metadata(version_dir)
 
 
@@ -104,7 +129,7 @@ class CharacterizeModel:
     """
 
     def __init__(self, path: Optional[Union[str, os.PathLike]] = None):
-        from hagg_tf.training.runtime import import_tensorflow_quietly
+        from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
         self.version_dir, self.metadata = find_model(path)
         tf = import_tensorflow_quietly()

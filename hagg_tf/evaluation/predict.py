@@ -196,7 +196,7 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
         :class:`Predictions`.
     """
     from hagg_tf.training.pooled import apply_trained_head
-    from hagg_tf.training.runtime import import_tensorflow_quietly
+    from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     models, description = load_networks(model)

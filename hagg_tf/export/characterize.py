@@ -10,7 +10,7 @@ CNN^1) and one TensorFlow graph that runs, for ``n ≥ ν`` images of one sample
 3. the heads g and the estimators of Sec. 2.3 (see :mod:`hagg_tf.estimation.estimators`):
    θ̂_Df = mean_i CNN^Df(I_i) (Eq. 13); ρ̂(I) = η(CNN^ρ_reg(I)) if CNN^ρ_class(I) > 0.5 else
    CNN^ρ_reg(I), θ̂_ρ = mean_i ρ̂(I_i) (Eq. 14); θ̂_0 = η(CNN^0(ν-stack)),
-   θ̂_1 = η(CNN^1(inverse-intensity ν-stack)) with η rounding to the nearest integer. With
+   θ̂_1 = η(CNN^1(inverse-intensity ν-stack)) with η rounding to the nearest integer ≥ 0. With
    ``n > ν`` images the multi-image heads are averaged over the ``n`` cyclic ν-subsets
    {(k + j) mod n : j < ν}, k = 0..n−1, in which every image sits in every slot exactly once;
    since f runs once per image and g is tiny, the extra subsets cost nothing measurable.
@@ -347,7 +347,9 @@ class CharacterizeModule(tf.Module):
             raw = tf.reduce_mean(per_subset[name], axis=1)
             outputs[f"{name}_per_subset"] = per_subset[name]
             outputs[f"{name}_raw"] = raw
-            outputs[name] = tf.cast(tf.round(raw), tf.int32)
+            # η: the nearest integer ≥ 0, as estimation.round_cluster_size (rounding first would
+            # give −1 below −0.5; the clamp first keeps ties to even).
+            outputs[name] = tf.cast(tf.round(tf.maximum(raw, 0.0)), tf.int32)
         outputs["theta_raw"] = tf.stack(
             [outputs["fractal_dimension"], outputs["mixing_ratio"],
              outputs["wo3_cluster_size_raw"], outputs["tio2_cluster_size_raw"]], axis=1)
@@ -488,7 +490,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
             "classifier_threshold": module.classifier_threshold,
             "subsets": "n = nu: the images in the given order; n > nu: the n cyclic windows "
                        "{(k + j) mod n : j < nu}, raw outputs averaged, then rounded",
-            "rounding": "nearest integer, ties to even",
+            "rounding": "nearest integer >= 0, ties to even",
         },
         "networks": {name: {"parameters": int(sum(np.prod(value.shape)
                                                   for value in weights[name].values())),

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import numpy as np
 
-from hagg_tf.model.parameters import ModelParameters
+from hagg_tf.model.parameters import ModelParameters, require_seed
+
+
+def _integral_array(name: str, values, dtype) -> np.ndarray:
+    """``values`` cast to the integer ``dtype``, refusing values the cast would change.
+
+    A plain ``astype`` truncates 0.5 to 0 and wraps 300 to 44 (int8) without a word.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind == "b":
+        values = values.astype(dtype)
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be integers, got dtype {values.dtype}")
+    info = np.iinfo(dtype)
+    wrong = (values < info.min) | (values > info.max)
+    if values.dtype.kind == "f":
+        wrong |= ~np.isfinite(values) | (values != np.floor(values))
+    if np.any(wrong):
+        raise ValueError(f"{name} must be whole numbers in [{info.min}, {info.max}], got "
+                         f"{values[wrong][:3].tolist()}")
+    return values.astype(dtype)
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 @dataclasses.dataclass(eq=False)
@@ -25,6 +52,11 @@ class Aggregate:
         target_size: the target particle count N drawn for it; the actual size can exceed it
             because the last primary cluster is added whole.
         restarts: how often the generator restarted this aggregate (the paper's "∞" value).
+
+    Raises:
+        ValueError: on construction, for values the arrays' dtypes would change (a label 0.5,
+            a cluster id 2.5) or out of their domain, and for a seed or index outside
+            [0, ``MAX_SEED``] (``ParameterError``), which no aggregate file could store.
     """
 
     positions: np.ndarray
@@ -40,8 +72,14 @@ class Aggregate:
     def __post_init__(self):
         self.positions = np.asarray(self.positions, dtype=np.float64)
         self.radii = np.asarray(self.radii, dtype=np.float64)
-        self.labels = np.asarray(self.labels, dtype=np.int8)
-        self.cluster_ids = np.asarray(self.cluster_ids, dtype=np.int32)
+        self.labels = _integral_array("labels", self.labels, np.int8)
+        self.cluster_ids = _integral_array("cluster_ids", self.cluster_ids, np.int32)
+        # Seeds and indices obey the generator's bounds, so that every aggregate can be saved.
+        self.seed = None if self.seed is None else require_seed(self.seed, "seed")
+        self.index = None if self.index is None else require_seed(self.index, "index")
+        if self.target_size is not None:
+            self.target_size = _count("target_size", self.target_size, 1)
+        self.restarts = _count("restarts", self.restarts, 0)
         size = self.radii.shape[0] if self.radii.ndim == 1 else -1
         if self.positions.ndim != 2 or self.positions.shape[1] != 3:
             raise ValueError(f"positions must have shape (N, 3), got {self.positions.shape}")
@@ -59,6 +97,8 @@ class Aggregate:
             raise ValueError("radii must be positive")
         if not np.all(np.isin(self.labels, (0, 1))):
             raise ValueError("labels must be 0 (WO3) or 1 (TiO2)")
+        if np.any(self.cluster_ids < 0):
+            raise ValueError("cluster_ids must be non-negative")
 
     @property
     def size(self) -> int:

@@ -8,7 +8,6 @@ atomically; rerunning the same job skips the parts already on disk.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -24,16 +23,22 @@ from hagg_tf.model.descriptors import Descriptors, describe
 from hagg_tf.model.generator import sample_aggregate
 from hagg_tf.model.io import atomic_write, load_aggregates, save_aggregates
 from hagg_tf.model.parameters import (TABLE2_CLUSTER_SIZES, TABLE2_FRACTAL_DIMENSIONS,
-                                      TABLE2_MIXING_RATIOS, GeneratorConfig, ModelParameters)
+                                      TABLE2_MIXING_RATIOS, GeneratorConfig, ModelParameters,
+                                      require_seed)
+from hagg_tf.model.workers import make_process_pool
 
 # Spawn key branch for θ draws, kept apart from the aggregate's own stream (seed, index).
 _THETA_STREAM = 1
 
 
 def random_table2_params(seed: int, index: int) -> ModelParameters:
-    """θ drawn uniformly from the Table 2 grid for draw ``index`` (independent of the draw)."""
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),
-                                                                               _THETA_STREAM)))
+    """θ drawn uniformly from the Table 2 grid for draw ``index`` (independent of the draw).
+
+    Raises:
+        ParameterError: ``seed`` or ``index`` is not an integer in [0, ``MAX_SEED``].
+    """
+    seed, index = require_seed(seed, "seed"), require_seed(index, "index")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, _THETA_STREAM)))
     return ModelParameters(
         TABLE2_FRACTAL_DIMENSIONS[rng.integers(len(TABLE2_FRACTAL_DIMENSIONS))],
         TABLE2_MIXING_RATIOS[rng.integers(len(TABLE2_MIXING_RATIOS))],
@@ -74,9 +79,15 @@ def iter_aggregates(params: Sequence[ModelParameters], seed: int, indices: Seque
 
     Yields:
         Aggregates in input order, or (aggregate, descriptors) pairs.
+
+    Raises:
+        ParameterError: ``seed`` or an index is not an integer in [0, ``MAX_SEED``] (before
+            any work starts).
     """
     if len(params) != len(indices):
         raise ValueError(f"{len(params)} parameter vectors but {len(indices)} indices")
+    seed = require_seed(seed, "seed")
+    indices = [require_seed(index, "index") for index in indices]
     config = config or GeneratorConfig()
     tasks = [(theta, seed, index, config) for theta, index in zip(params, indices)]
     function = _draw_and_describe if with_descriptors else _draw
@@ -86,7 +97,7 @@ def iter_aggregates(params: Sequence[ModelParameters], seed: int, indices: Seque
     chunk = max(1, min(32, len(tasks) // (4 * workers)))
     # fork would copy whatever the parent holds (a TensorFlow runtime, threads); spawn is clean.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with make_process_pool(workers, mp_context=context) as pool:
         yield from pool.map(function, tasks, chunksize=chunk)
 
 
@@ -124,9 +135,14 @@ def generate_to_directory(output: str | os.PathLike, params_of: Callable[[int], 
 
     Returns:
         The manifest dictionary.
+
+    Raises:
+        ParameterError: ``seed`` is not an integer in [0, ``MAX_SEED``] (before anything is
+            written).
     """
     from tqdm import tqdm
 
+    seed = require_seed(seed, "seed")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     config = config or GeneratorConfig()

@@ -47,7 +47,7 @@ import math
 import numpy as np
 
 from hagg_tf.model.aggregate import Aggregate
-from hagg_tf.model.parameters import GeneratorConfig, ModelParameters, TIO2, WO3
+from hagg_tf.model.parameters import GeneratorConfig, ModelParameters, TIO2, WO3, require_seed
 
 # Placed contacts sit this fraction beyond exact touching so that float round-off can never
 # turn a contact into an overlap; 1e-6 is far inside the 1 % contact tolerance of Eq. 2.
@@ -67,10 +67,12 @@ def rng_for(seed: int, index: int) -> np.random.Generator:
 
     It depends on (seed, index) alone, so a draw is the same however work is split into shards
     or processes; it equals ``np.random.SeedSequence(seed).spawn(index + 1)[index]``.
+
+    Raises:
+        ParameterError: ``seed`` or ``index`` is not an integer in [0, ``MAX_SEED``].
     """
-    if seed is None or index is None or int(seed) < 0 or int(index) < 0:
-        raise ValueError(f"seed and index must be non-negative integers, got {seed!r}, {index!r}")
-    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+    seed, index = require_seed(seed, "seed"), require_seed(index, "index")
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
 def eq8_distance(size_a: int, size_b: int, mean_radius: float, gyration_a: float,
@@ -412,8 +414,11 @@ def sample_aggregate(params: ModelParameters, seed: int, index: int = 0,
         number of restarts (of primary clusters and of the whole aggregate) it needed.
 
     Raises:
+        ParameterError: ``seed`` or ``index`` is not an integer in [0, ``MAX_SEED``] (a float
+            seed would otherwise be truncated, one ≥ 2**63 could not be saved), or a bad θ.
         GenerationError: past ``config.max_restarts`` restarts of the aggregate.
     """
+    seed, index = require_seed(seed, "seed"), require_seed(index, "index")
     if not isinstance(params, ModelParameters):
         params = ModelParameters.from_sequence(params)
     config = config or GeneratorConfig()
@@ -490,5 +495,5 @@ def sample_aggregate(params: ModelParameters, seed: int, index: int = 0,
     masses = radii ** 3
     positions = positions - masses @ positions / masses.sum()
     return Aggregate(positions=positions, radii=radii.copy(), labels=labels[:count].copy(),
-                     cluster_ids=cluster_ids[:count].copy(), params=params, seed=int(seed),
-                     index=int(index), target_size=target_size, restarts=restarts)
+                     cluster_ids=cluster_ids[:count].copy(), params=params, seed=seed,
+                     index=index, target_size=target_size, restarts=restarts)

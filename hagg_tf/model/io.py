@@ -19,6 +19,10 @@ target_size        (M,) int64      target N of the draw; −1 when unknown
 restarts           (M,) int64      restarts the draw needed
 =================  ==============  ==========================================================
 
+``load_aggregates`` checks every array's presence, shape and dtype and every value's domain
+(as ``Aggregate`` and ``ModelParameters`` do) and raises ``AggregateFileError`` naming the
+file and the problem, rather than truncating a 0.5 label or failing with a bare KeyError.
+
 Every value round-trips bit for bit. Files are written to a temporary name and renamed, so an
 interrupted write never leaves a file that looks complete.
 
@@ -46,6 +50,23 @@ FORMAT_NAME = "hagg_tf.aggregates"
 FORMAT_VERSION = 1
 _XYZ_SPECIES = {0: "W", 1: "Ti"}
 _XYZ_LABELS = {species: label for label, species in _XYZ_SPECIES.items()}
+# Layout of the native format: key -> (dtype kinds allowed, shape in terms of the aggregate
+# count "M" and particle count "N"); see the module docstring.
+_NATIVE_LAYOUT = {
+    "format_version": ("iu", ()),
+    "sizes": ("iu", ("M",)),
+    "positions": ("fiu", ("N", 3)),
+    "radii": ("fiu", ("N",)),
+    "labels": ("biu", ("N",)),
+    "cluster_ids": ("iu", ("N",)),
+    "theta": ("fiu", ("M", 4)),
+    "seed": ("iu", ("M",)),
+    "index": ("iu", ("M",)),
+    "target_size": ("iu", ("M",)),
+    "restarts": ("iu", ("M",)),
+}
+# Stored in place of an absent seed, index or target size.
+_UNKNOWN = -1
 
 
 class AggregateFileError(ValueError):
@@ -83,7 +104,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 
 def _optional(value) -> int:
-    return -1 if value is None else int(value)
+    return _UNKNOWN if value is None else int(value)
 
 
 def save_aggregates(path: str | os.PathLike, aggregates: Sequence[Aggregate]) -> Path:
@@ -110,12 +131,46 @@ def save_aggregates(path: str | os.PathLike, aggregates: Sequence[Aggregate]) ->
     return atomic_write(path, lambda stream: np.savez_compressed(stream, **arrays))
 
 
+def _check_layout(path: Path, arrays: dict) -> None:
+    """Raises AggregateFileError unless ``arrays`` has every key of the format, well shaped."""
+    missing = [key for key in _NATIVE_LAYOUT if key not in arrays]
+    if missing:
+        raise AggregateFileError(f"{path}: missing array(s) {', '.join(missing)}")
+    for key, (kinds, _) in _NATIVE_LAYOUT.items():
+        if arrays[key].dtype.kind not in kinds:
+            raise AggregateFileError(f"{path}: {key} has dtype {arrays[key].dtype}, expected "
+                                     f"{'integers' if 'f' not in kinds else 'numbers'}")
+    if arrays["format_version"].shape != ():
+        raise AggregateFileError(f"{path}: format_version has shape "
+                                 f"{arrays['format_version'].shape}, expected ()")
+    if int(arrays["format_version"]) != FORMAT_VERSION:
+        raise AggregateFileError(
+            f"{path}: format version {int(arrays['format_version'])}, this hagg_tf reads "
+            f"{FORMAT_VERSION}")
+    sizes = arrays["sizes"]
+    if sizes.ndim != 1 or sizes.shape[0] == 0:
+        raise AggregateFileError(f"{path}: sizes has shape {sizes.shape}, expected (M,) with "
+                                 f"M >= 1")
+    if np.any(sizes < 1):
+        raise AggregateFileError(f"{path}: sizes must be >= 1, got {sizes.min()}")
+    count, particles = sizes.shape[0], int(sizes.sum())
+    for key, (_, shape) in _NATIVE_LAYOUT.items():
+        expected = tuple({"M": count, "N": particles}.get(length, length) for length in shape)
+        if arrays[key].shape != expected:
+            raise AggregateFileError(
+                f"{path}: {key} has shape {arrays[key].shape}, expected {expected} (sizes says "
+                f"M = {count} aggregates of N = {particles} particles in all)")
+
+
 def load_aggregates(path: str | os.PathLike) -> list[Aggregate]:
-    """Reads every aggregate of a native file.
+    """Reads every aggregate of a native file, checking it against the format first.
 
     Raises:
         FileNotFoundError: no such file.
-        AggregateFileError: not an aggregate file, or inconsistent arrays.
+        AggregateFileError: not an aggregate file (unreadable, no format tag, another version),
+            a missing array, an array of the wrong shape or dtype, or a value out of its domain
+            (labels other than 0/1, non-positive or non-finite radii, a bad θ, …); the message
+            names the file and the problem.
     """
     path = Path(path)
     if not path.is_file():
@@ -125,28 +180,23 @@ def load_aggregates(path: str | os.PathLike) -> list[Aggregate]:
             arrays = {key: data[key] for key in data.files}
     except Exception as error:  # zipfile, OSError, ValueError: all mean "not our file"
         raise AggregateFileError(f"{path}: not a readable aggregate file ({error})") from error
-    if str(arrays.get("format", "")) != FORMAT_NAME:
+    tag = arrays.get("format")
+    if tag is None or tag.shape != () or str(tag) != FORMAT_NAME:
         raise AggregateFileError(f"{path}: not a hagg_tf aggregate file (no format tag)")
-    if int(arrays["format_version"]) != FORMAT_VERSION:
-        raise AggregateFileError(
-            f"{path}: format version {int(arrays['format_version'])}, this hagg_tf reads "
-            f"{FORMAT_VERSION}")
-    sizes = arrays["sizes"]
-    if sizes.sum() != arrays["radii"].shape[0]:
-        raise AggregateFileError(f"{path}: sizes add up to {sizes.sum()}, "
-                                 f"but the file holds {arrays['radii'].shape[0]} particles")
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    _check_layout(path, arrays)
+    bounds = np.concatenate([[0], np.cumsum(arrays["sizes"])])
     aggregates = []
     for item, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-        theta = arrays["theta"][item]
-        params = None if np.isnan(theta).all() else ModelParameters(
-            float(theta[0]), float(theta[1]), int(theta[2]), int(theta[3]))
 
         def known(key):
             value = int(arrays[key][item])
-            return None if value < 0 else value
+            return None if value == _UNKNOWN else value
 
         try:
+            theta = arrays["theta"][item]
+            # ModelParameters refuses a partly NaN row and non-integral cluster sizes.
+            params = None if np.isnan(theta).all() else ModelParameters(
+                *(float(value) for value in theta))
             aggregates.append(Aggregate(
                 positions=arrays["positions"][start:stop], radii=arrays["radii"][start:stop],
                 labels=arrays["labels"][start:stop], cluster_ids=arrays["cluster_ids"][start:stop],

@@ -18,8 +18,36 @@ TIO2 = 1
 MATERIAL_NAMES = {WO3: "WO3", TIO2: "TiO2"}
 
 
+#: Largest seed (and draw index): aggregate files and image metadata store both as signed
+#: 64-bit integers.
+MAX_SEED = 2 ** 63 - 1
+
+
 class ParameterError(ValueError):
-    """Raised for a θ or generator setting outside the model's domain."""
+    """Raised for a θ, seed or generator setting outside the model's domain."""
+
+
+def require_seed(value, name: str = "seed") -> int:
+    """``value`` as a Python int, if it is an integer in [0, :data:`MAX_SEED`].
+
+    Python and numpy integers pass; floats (even 3.0: a seed that went through a float may have
+    lost digits), strings and bools are refused, as are values numpy cannot seed with (negative)
+    or files cannot store (≥ 2**63). Used for every seed and draw index of the model API.
+
+    Args:
+        value: the seed or index.
+        name: the argument's name, for the message.
+
+    Raises:
+        ParameterError: naming ``name`` and the value.
+    """
+    # numpy's bool is no numbers.Integral; Python's bool is one, hence the explicit test.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ParameterError(f"{name} must be a non-negative integer below 2**63, got "
+                             f"{value!r} ({type(value).__name__})")
+    if not 0 <= int(value) <= MAX_SEED:
+        raise ParameterError(f"{name} must be a non-negative integer below 2**63, got {value!r}")
+    return int(value)
 
 
 def _require_integer(name: str, value) -> int:

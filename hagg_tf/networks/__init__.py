@@ -10,20 +10,27 @@ Needs the ``ml`` extra (tensorflow, keras). Typical use::
 
     x = networks.preprocess_images(counts)[..., None]              # counts: (b, 512, 512)
     d_f = model(x, training=False)                                 # (b, 1)
+
+The public name of these builders is :mod:`hagg_tf.models`. Importing this package imports
+TensorFlow through :func:`hagg_tf.tensorflow_import.import_tensorflow_quietly` (no start-up
+chatter on stderr unless ``HAGG_TF_VERBOSE=1``).
 """
-from hagg_tf.networks.architecture import (ARCHITECTURES, DEFAULT_ARCHITECTURE,
-                                           DEFAULT_IMAGE_SIZE, Architecture, architecture_of,
-                                           get_architecture, DEFAULT_NUM_IMAGES, FEATURE_DIM,
-                                           LEARNING_RATE, MULTI_IMAGE_BATCH_SIZE, NETWORK_SPECS,
-                                           SINGLE_IMAGE_BATCH_SIZE, STACK_STRATEGIES, NetworkSpec,
-                                           build_feature_extractor, build_network,
-                                           compile_network, feature_map_sizes,
-                                           get_feature_extractor, minimum_image_size,
-                                           network_spec)
-from hagg_tf.networks.layers import FoldImageStack, ScaledSigmoid, UnfoldImageStack
-from hagg_tf.networks.preprocessing import (INVERSION_THRESHOLD, NUM_LEVELS, ImagePreprocessing,
-                                            invert_intensities, preprocess_images,
-                                            preprocess_images_numpy, scale_and_quantize)
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
+
+# Before the submodules import TensorFlow and Keras themselves, so that they find them loaded.
+import_tensorflow_quietly()
+
+from hagg_tf.networks.architecture import (  # noqa: E402  (after the quiet import)
+    ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE, Architecture, architecture_of,
+    get_architecture, DEFAULT_NUM_IMAGES, FEATURE_DIM, LEARNING_RATE, MULTI_IMAGE_BATCH_SIZE,
+    NETWORK_SPECS, SINGLE_IMAGE_BATCH_SIZE, STACK_STRATEGIES, NetworkSpec,
+    build_feature_extractor, build_network, compile_network, feature_map_sizes,
+    get_feature_extractor, minimum_image_size, network_spec)
+from hagg_tf.networks.layers import (  # noqa: E402
+    FoldImageStack, ScaledSigmoid, UnfoldImageStack)
+from hagg_tf.networks.preprocessing import (  # noqa: E402
+    INVERSION_THRESHOLD, NUM_LEVELS, ImagePreprocessing, invert_intensities, preprocess_images,
+    preprocess_images_numpy, scale_and_quantize)
 
 __all__ = [
     "ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "architecture_of",

@@ -13,12 +13,12 @@ generator; `inside_fraction` turns half-extents into the fraction inside.
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 
 import numpy as np
 
 from hagg_tf.model.aggregate import Aggregate
+from hagg_tf.model.workers import make_process_pool
 from hagg_tf.model.parameters import (ModelParameters, TABLE2_CLUSTER_SIZES,
                                       TABLE2_FRACTAL_DIMENSIONS, TABLE2_MIXING_RATIOS)
 
@@ -75,7 +75,7 @@ def measure_half_extents(per_parameter: int = 5, seed: int = 7, workers: int = 1
         iterator = map(_half_extent_job, jobs)
         pool = None
     else:
-        pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers)
+        pool = make_process_pool(workers)
         iterator = pool.map(_half_extent_job, jobs, chunksize=32)
     if progress:
         from tqdm import tqdm

@@ -10,12 +10,12 @@ Example::
 
 TensorFlow is imported when training starts, not on import.
 """
-from hagg_tf.training.runtime import STRATEGIES, import_tensorflow_quietly, is_chief, make_strategy
+from hagg_tf.training.runtime import STRATEGIES, is_chief, make_strategy
 from hagg_tf.training.trainer import (BACKUP, BEST_MODEL, HISTORY, LAST_MODEL, LOGS, SUMMARY,
                                       TrainingError, TrainingResult, backup_epoch,
                                       load_trained_network, read_history, train_network)
 
-__all__ = ["STRATEGIES", "import_tensorflow_quietly", "is_chief", "make_strategy", "BACKUP",
+__all__ = ["STRATEGIES", "is_chief", "make_strategy", "BACKUP",
            "BEST_MODEL", "HISTORY", "LAST_MODEL", "LOGS", "SUMMARY", "TrainingError",
            "TrainingResult", "backup_epoch", "load_trained_network", "read_history",
            "train_network"]

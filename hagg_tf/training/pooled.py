@@ -42,7 +42,7 @@ import numpy as np
 from hagg_tf.data.pooled import PooledSplit, load_pooled_split
 from hagg_tf.evaluation.predictions import disjoint_groups
 from hagg_tf.training import trainer
-from hagg_tf.training.runtime import import_tensorflow_quietly
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
 #: Per-image label of each single-image network in a pooled split.
 SINGLE_IMAGE_LABELS = {"fractal_dimension": "fractal_dimension",
@@ -384,7 +384,10 @@ def train_pooled_network(name: str, cache_dir: Union[str, os.PathLike],
         if previous.get("network") != name:
             raise trainer.TrainingError(f"{output_dir} holds a run of "
                                         f"{previous.get('network')!r}, not {name!r}")
-        if previous.get("status") == "complete" and previous.get("final_epoch", 0) >= epochs:
+        # As train_network: a run that early stopping ended is complete for the epochs it was
+        # asked for, although it finished fewer.
+        if previous.get("status") == "complete" and \
+                previous.get("epochs", previous.get("final_epoch", 0)) >= epochs:
             return trainer.TrainingResult(output_dir, {}, 0, previous["final_epoch"],
                                           previous["final_epoch"],
                                           previous.get("stopped_early", False), math.nan,
@@ -446,13 +449,25 @@ def train_pooled_network(name: str, cache_dir: Union[str, os.PathLike],
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, factor=0.3, patience=reduce_lr_patience, min_lr=1e-5, verbose=0))
     started = time.perf_counter()
+    budget = None
     if max_wall_seconds is not None:
         class WallBudget(keras.callbacks.Callback):
+            """Stops after the first epoch that ends past the budget.
+
+            Runs after early stopping: an epoch that early stopping ended does not count as
+            the budget's (``exhausted`` stays False).
+            """
+
+            exhausted = False
+
             def on_epoch_end(self, epoch, logs=None):
-                if time.perf_counter() - started > max_wall_seconds:
+                if not self.model.stop_training and \
+                        time.perf_counter() - started > max_wall_seconds:
+                    self.exhausted = True
                     self.model.stop_training = True
 
-        callbacks.append(WallBudget())
+        budget = WallBudget()
+        callbacks.append(budget)
     settings = {
         "network": name, "architecture": arch.name, "dataset": str(dataset_dir),
         "input": f"pooled cache {cache_dir.name} ({arch.input_pooling}x{arch.input_pooling})",
@@ -485,10 +500,12 @@ def train_pooled_network(name: str, cache_dir: Union[str, os.PathLike],
     model.save(temporary)
     os.replace(temporary, output_dir / trainer.LAST_MODEL)
     best = output_dir / trainer.BEST_MODEL
-    stopped_early = final_epoch < epochs
+    # Fewer epochs than asked for: the wall budget ran out (a rerun continues), or early
+    # stopping ended the run (complete).
+    out_of_budget = final_epoch < epochs and budget is not None and budget.exhausted
+    stopped_early = final_epoch < epochs and not out_of_budget
     trainer._write_json(summary_path, {
-        **settings, "status": "complete" if final_epoch >= epochs or
-        (stopped_early and max_wall_seconds is None) else "budget",
+        **settings, "status": "budget" if out_of_budget else "complete",
         "resumed_from_epoch": resume_epoch, "final_epoch": final_epoch,
         "stopped_early": stopped_early, "epochs_run_last_call": epochs_run,
         "wall_s_last_call": round(wall, 1), "wall_s_total": round(previous_wall + wall, 1),

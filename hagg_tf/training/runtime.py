@@ -1,47 +1,15 @@
-"""TensorFlow runtime helpers shared by the command-line tools: a quiet import and strategies.
+"""TensorFlow runtime helpers of training: ``tf.distribute`` strategies and the chief worker.
 
 Kept free of a top-level TensorFlow import so that tools can check their input (and fail fast
-with a clear message) before paying the few seconds TensorFlow takes to load.
+with a clear message) before paying the few seconds TensorFlow takes to load; TensorFlow itself
+is imported through :func:`hagg_tf.tensorflow_import.import_tensorflow_quietly`.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
 #: Values of ``--strategy`` / ``train_network(strategy=...)``.
 STRATEGIES = ("default", "mirrored", "multi_worker")
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-    """Sends file descriptor 2 to /dev/null for the duration (C++ code writes there directly)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def import_tensorflow_quietly():
-    """Imports TensorFlow without its start-up chatter on stderr and returns the module.
-
-    TensorFlow's C++ runtime prints oneDNN and CUDA notices before any Python logging setting can
-    apply (``TF_CPP_MIN_LOG_LEVEL`` does not silence them in TF 2.21), which buries a command-line
-    tool's own one-line messages. Python exceptions raised by the import still propagate.
-    """
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_silenced():
-        import tensorflow as tf  # noqa: F401  (the import is the point)
-        import keras  # noqa: F401
-    return tf
 
 
 def make_strategy(name: str = "default"):

@@ -7,9 +7,10 @@ classifier), streams the database through the network's tf.data pipeline
 samples, the paper's batch sizes 16 and 8) and fits with these callbacks:
 
 * ``BackupAndRestore`` into ``<output>/backup``: weights, optimiser state (Adam moments and step
-  counter) and the epoch counter at the end of every epoch (or every ``backup_every_steps``
-  steps). Rerunning the same call after an interruption restores them and continues with the
-  next epoch; the CSV history, the best checkpoint and early stopping pick up their state
+  counter) and the number of finished epochs at the end of every epoch (and, with
+  ``backup_every_steps``, every that many steps within an epoch). Rerunning the same call
+  after an interruption restores them and continues with the next (or the unfinished)
+  epoch; the CSV history, the best checkpoint and early stopping pick up their state
   from ``history.csv``. A finished run (``training.json`` status ``complete``) is not trained
   again unless ``overwrite=True``.
 * ``ModelCheckpoint`` of the best epoch by the monitored loss → ``<output>/best.keras``;
@@ -43,8 +44,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from hagg_tf.training.runtime import (STRATEGIES, import_tensorflow_quietly, is_chief,
-                                      make_strategy)
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
+from hagg_tf.training.runtime import STRATEGIES, is_chief, make_strategy
 
 #: Default patience (epochs without improvement of the monitored loss) of early stopping.
 DEFAULT_PATIENCE = 20
@@ -180,10 +181,35 @@ def _callbacks(keras, output_dir: pathlib.Path, monitor: str, patience: int, chi
     callbacks.append(ResumableEarlyStopping(monitor=monitor, mode="min", patience=patience))
     # Last among the built-ins: its on_train_begin restores the weights and sets the initial
     # epoch, and its on_epoch_end runs after the history row has been written.
-    callbacks.append(keras.callbacks.BackupAndRestore(
-        str(backup_dir), save_freq=backup_every_steps or "epoch", delete_checkpoint=False))
+    callbacks.append(_backup_callback(keras, backup_dir, backup_every_steps))
     callbacks.append(meter)
     return callbacks
+
+
+def _backup_callback(keras, backup_dir: pathlib.Path, backup_every_steps: Optional[int]):
+    """``BackupAndRestore`` whose ``"epoch"`` entry is always the number of finished epochs.
+
+    Keras' step backups (``save_freq=N``) write ``{"epoch": e, "batch": b}`` with e the epoch in
+    progress and no backup at an epoch's end, so the backup taken at the last step of epoch e
+    still says e: a finished run looked one epoch short ("stopped early"), and a resumed one
+    trained epoch e again and replaced its history row. Keras also counts e from 0 again in a
+    resumed run until its first epoch ends, so a step backup of that epoch said "epoch 0". This
+    subclass tracks e from ``on_epoch_begin`` and backs up at every epoch's end as well.
+    """
+
+    class EpochExactBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def on_epoch_begin(self, epoch, logs=None):
+            super().on_epoch_begin(epoch, logs)
+            self._current_epoch = epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)  # epoch backups (save_freq="epoch") happen here
+            if self.save_freq != "epoch":
+                self._batches_seen_since_last_saving = 0  # every N steps within each epoch
+                self._save_model()
+
+    return EpochExactBackupAndRestore(str(backup_dir), save_freq=backup_every_steps or "epoch",
+                                      delete_checkpoint=False)
 
 
 def _throughput_meter(keras, images_per_step: int, warmup_steps: int):
@@ -250,8 +276,10 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
         patience: early-stopping patience in epochs.
         strategy: ``"default"``, ``"mirrored"`` or ``"multi_worker"`` (see
             :func:`hagg_tf.training.runtime.make_strategy`).
-        backup_every_steps: back up every this many steps instead of every epoch (Keras then
-            resumes at the start of the interrupted epoch with the backed-up weights).
+        backup_every_steps: back up every this many steps within an epoch as well as at its
+            end. A run interrupted mid-epoch resumes at the start of the unfinished epoch with
+            the weights of its last step backup (Keras cannot start an epoch mid-way); the
+            finished epochs and their history rows are kept.
         verify: database check before reading (``"checksum"``, ``"size"``, ``"none"``).
         stack_strategy: ``"fold_batch"`` or ``"time_distributed"`` (multi-image networks).
         callbacks: extra Keras callbacks (run after the built-in ones).
