@@ -189,3 +189,74 @@ def _help_text(module: types.ModuleType, arguments: str, flags_help: str) -> str
              else f"USAGE: {program} [flags]   (flags only, no positional arguments)")
     return "\n\n".join(part for part in ((module.__doc__ or "").strip(), usage, flags_help)
                        if part)
+
+
+def define_runner_flags(work: str) -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """Defines ``--runner`` and ``--beam_args`` for the calling tool (docs/data.md: Beam).
+
+    Beam's own options (``--project``, ``--flink_master``, ``--direct_num_workers``, …) follow a
+    ``--`` on the command line, where absl leaves them alone, or go into ``--beam_args`` as one
+    quoted string; both may be given.
+
+    Args:
+        work: what the runner computes, for the help text (e.g. "the shards").
+
+    Returns:
+        (runner, beam_args) flag holders; read them with :func:`runner_and_beam_args`.
+    """
+    from hagg_tf.data.beam import LOCAL_RUNNER
+
+    runner = flags.DEFINE_string(
+        "runner", LOCAL_RUNNER,
+        f"Where {work} are computed: '{LOCAL_RUNNER}' (this machine's worker processes, "
+        "--workers) or an Apache Beam runner: DirectRunner or FnApiRunner (Beam in this "
+        "process), DataflowRunner, FlinkRunner, SparkRunner, … with Beam's options after '--' "
+        "or in --beam_args (needs apache-beam: pip install 'hagg_tf[beam]').")
+    beam_args = flags.DEFINE_string(
+        "beam_args", "", "Beam pipeline options as one string, e.g. '--direct_num_workers=2 "
+        "--direct_running_mode=multi_processing'; also accepted after '--'.")
+    return runner, beam_args
+
+
+def runner_and_beam_args(argv: Sequence[str], runner: flags.FlagHolder,
+                         beam_args: flags.FlagHolder, *, positional: bool = False
+                         ) -> tuple[str, list[str]]:
+    """The runner and Beam's options of this command; fails on any other positional argument.
+
+    absl drops the ``--`` and hands what follows it to ``main`` as positional arguments; those
+    are Beam's. Anything before the ``--`` is an error, as for the tools without Beam.
+
+    Args:
+        argv: ``main``'s argv.
+        runner, beam_args: from :func:`define_runner_flags`.
+        positional: the tool takes positional arguments of its own (before the ``--``).
+
+    Returns:
+        (runner name, Beam options: ``--beam_args`` split like a shell, then those after
+        ``--``).
+    """
+    import logging
+    import shlex
+
+    from hagg_tf.data.beam import LOCAL_RUNNER, is_beam_runner
+
+    after_dash = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    extra = [] if positional else list(argv[1:len(argv) - len(after_dash)])
+    if extra or list(argv[len(argv) - len(after_dash):]) != after_dash:
+        fail(f"unexpected arguments: {' '.join(extra or argv[1:])} (Beam's options go "
+             "after '--' or into --beam_args)")
+    try:
+        options = shlex.split(beam_args.value) + after_dash
+    except ValueError as error:
+        fail(f"--beam_args: {error}")
+    name = runner.value.strip()
+    if not name:
+        fail(f"--runner must name a runner ('{LOCAL_RUNNER}' or a Beam runner)")
+    if options and not is_beam_runner(name):
+        fail(f"Beam options ({' '.join(options)}) need --runner=<a Beam runner>, not "
+             f"'{LOCAL_RUNNER}'")
+    if is_beam_runner(name):
+        # Beam logs at INFO what it cannot use (BigQuery clients, …); the tool's output and
+        # Beam's warnings and errors stay.
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    return name, options

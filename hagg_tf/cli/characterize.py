@@ -30,8 +30,9 @@ import time
 
 from absl import flags
 
-from hagg_tf.cli import (check_output_dir, define_float, define_pixel_size, define_seed, fail,
-                         run_tool)
+from hagg_tf.cli import (check_output_dir, define_float, define_pixel_size, define_runner_flags,
+                         define_seed, fail, run_tool, runner_and_beam_args)
+from hagg_tf.data.beam import IN_PROCESS_RUNNERS
 
 _MODELS = flags.DEFINE_string(
     "models", None, "Composite SavedModel (export base, model or version directory); default: "
@@ -52,6 +53,7 @@ _WORKERS = flags.DEFINE_integer("workers", None, "Processes drawing shadows (def
 _FIGURE = flags.DEFINE_bool("figure", True, "Write characterize.png (needs matplotlib).")
 _XYZ = flags.DEFINE_bool("xyz", True, "Also write the shadows as extended XYZ.")
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only the result lines.")
+_RUNNER, _BEAM_ARGS = define_runner_flags("the digital shadows' descriptors")
 
 
 
@@ -66,7 +68,10 @@ def _default_output(inputs: list[str]) -> pathlib.Path:
 
 def main(argv):
     started = time.perf_counter()
+    runner, beam_args = runner_and_beam_args(argv, _RUNNER, _BEAM_ARGS, positional=True)
     inputs = list(argv[1:])
+    if "--" in sys.argv:  # Beam's options after '--' reach main too; they are not images
+        inputs = inputs[:len(inputs) - (len(sys.argv) - sys.argv.index("--") - 1)]
     from hagg_tf.estimation import (InputError, find_image_files, find_model, format_summary,
                                     load_stem_images)
     from hagg_tf.estimation.images import check_resampling
@@ -120,7 +125,11 @@ def main(argv):
         model = CharacterizeModel(version_dir)
         loaded = time.perf_counter()
         result = characterize(images, model=model, shadows=_SHADOWS.value, seed=_SEED.value,
-                              workers=_WORKERS.value, progress=not _QUIET.value)
+                              workers=_WORKERS.value, progress=not _QUIET.value,
+                              runner=runner, beam_args=beam_args,
+                              # a cluster's workers share the blocks through the output folder
+                              shadow_work_dir=(None if runner in IN_PROCESS_RUNNERS
+                                               else output / "shadow-blocks"))
     except InputError as error:
         fail(str(error))
     result.timings.update(check_input=checked - started, import_tensorflow=imported - checked,

@@ -5,6 +5,7 @@ Examples:
   hagg-evaluate --dataset=work/datasets/paper --model=work/saved_models --output=work/eval7
   hagg-evaluate --predictions=work/eval7/predictions.npz --shadow_thetas=0   # no shadows
   hagg-evaluate --predictions=p.npz --shadow_thetas=2 --shadow_aggregates=5 --workers=1
+  hagg-evaluate --predictions=p.npz --shadow_thetas=100 --runner=DirectRunner   # shadows on Beam
 
 Input: a predictions file (``--predictions``, see hagg_tf/evaluation/predictions.py), or, without
 one, the predictions are computed from ``--dataset`` with ``--model`` (needs TensorFlow) and
@@ -19,7 +20,9 @@ Output (default work/evaluation): metrics.json (every number), the figures fig09
 fig15_….png, report.md (the paper's value beside ours for every quantity of SPEC §9), and
 shadows/ (descriptor arrays per θ of the digital shadows: an interrupted run resumes there). The
 digital shadows draw 2 × shadow_thetas × shadow_aggregates aggregates (the paper's 50 × 800:
-80 000; 10–25 min on 2 cores). Bad input: one 'error:' line, exit status 2.
+80 000; 10–25 min on 2 cores); --runner=<a Beam runner> draws them with Apache Beam instead
+(the same descriptors; on a cluster --output must be a folder every worker sees). Bad input:
+one 'error:' line, exit status 2.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from pathlib import Path
 
 from absl import flags
 
-from hagg_tf.cli import check_output_dir, define_seed, fail, reject_extra_arguments, run_tool
+from hagg_tf.cli import (check_output_dir, define_runner_flags, define_seed, fail,
+                         run_tool, runner_and_beam_args)
 from hagg_tf.model import batch
 
 _PREDICTIONS = flags.DEFINE_string(
@@ -56,7 +60,9 @@ _SHADOW_THETAS = flags.DEFINE_integer("shadow_thetas", 50,
 _SHADOW_AGGREGATES = flags.DEFINE_integer("shadow_aggregates", 800,
                                           "Aggregates drawn per θ and per θ̂.", lower_bound=1)
 _WORKERS = flags.DEFINE_integer("workers", batch.default_workers(),
-                                "Processes drawing the digital shadows.", lower_bound=1)
+                                "Processes drawing the digital shadows (--runner=local).",
+                                lower_bound=1)
+_RUNNER, _BEAM_ARGS = define_runner_flags("the digital shadows")
 _SEED = define_seed(0, "Seed of groups, shadow configurations and shadows.")
 _BASELINES = flags.DEFINE_string(
     "baselines", None, "Baseline results (.npz, per image, merged by record_index) or fitted "
@@ -125,7 +131,7 @@ def _model_card(predictions, ran_networks: bool):
 
 
 def main(argv):
-    reject_extra_arguments(argv)
+    runner, beam_args = runner_and_beam_args(argv, _RUNNER, _BEAM_ARGS)
     output = check_output_dir(_OUTPUT.value)
     from hagg_tf.evaluation import paper_evaluation, report
     from hagg_tf.evaluation.predictions import (PredictionsError, load_predictions,
@@ -174,8 +180,8 @@ def main(argv):
         metrics = paper_evaluation.evaluate_predictions(
             predictions, nu=_NU.value, seed=_SEED.value, shadow_thetas=_SHADOW_THETAS.value,
             shadow_aggregates=_SHADOW_AGGREGATES.value, shadow_cache_dir=output / "shadows",
-            workers=_WORKERS.value, progress=True)
-    except (PredictionsError, ValueError) as error:
+            workers=_WORKERS.value, progress=True, runner=runner, beam_args=beam_args)
+    except (PredictionsError, ValueError, ImportError) as error:
         fail(str(error))
     metrics["settings"]["predictions"] = str(path)
     metrics_path = atomic_write(output / "metrics.json", lambda stream: stream.write(

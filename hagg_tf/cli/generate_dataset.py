@@ -5,6 +5,8 @@ Examples:
   hagg-generate-dataset --preset=paper --output=/shared/paper --shard_index=7   # one shard
   hagg-generate-dataset --preset=tiny --output=work/datasets/tiny --tables=my_tables.csv
   hagg-generate-dataset --output=work/datasets/paper --verify_only
+  hagg-generate-dataset --preset=tiny --runner=DirectRunner      # Apache Beam, in this process
+  hagg-generate-dataset --output=/shared/paper --runner=FlinkRunner -- --flink_master=HOST:8081
 
 Presets: paper (324 triples × 2 θ_Df × 50 = 32 400 samples; train 17 490, validation 1 950
 (all T-draws of 65 whole θ), evaluation 12 960; 512 px), small (288 samples at 512 px, for benchmarks), tiny (48 samples at
@@ -12,6 +14,11 @@ Presets: paper (324 triples × 2 θ_Df × 50 = 32 400 samples; train 17 490, val
 byte-identical shards for any --workers and any split of the shards over runs or machines.
 Rerunning the same command resumes: finished shards are kept, unfinished ones are redone. The
 run that finds every shard finished writes manifest.json.
+
+--runner=<a Beam runner> builds the shards with an Apache Beam pipeline (one work item per
+shard file, written by the same writer: the same bytes as a local run, so --verify_only passes
+alike); the output must be a folder that every worker sees. Beam's options follow '--' (see
+docs/data.md, "Apache Beam").
 """
 
 import os
@@ -21,8 +28,9 @@ from pathlib import Path
 
 from absl import flags
 
-from hagg_tf.cli import (MAX_IMAGE_SIZE, check_output_dir, define_pixel_size, define_seed, fail,
-                         reject_extra_arguments, run_tool)
+from hagg_tf.cli import (MAX_IMAGE_SIZE, check_output_dir, define_pixel_size,
+                         define_runner_flags, define_seed, fail, run_tool,
+                         runner_and_beam_args)
 
 from hagg_tf.model.batch import default_workers
 
@@ -31,8 +39,9 @@ _PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "small", "tiny"],
 _OUTPUT = flags.DEFINE_string("output", None,
                               "Database directory (default: work/datasets/<preset>).")
 _SEED = define_seed(None, "Base seed (default: the preset's, 0).")
-_WORKERS = flags.DEFINE_integer("workers", default_workers(), "Processes computing samples.",
-                                lower_bound=1)
+_WORKERS = flags.DEFINE_integer("workers", default_workers(),
+                                "Processes computing samples (--runner=local).", lower_bound=1)
+_RUNNER, _BEAM_ARGS = define_runner_flags("the shards")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None,
                                    "Shards per split (default: the preset's; paper: 32).",
                                    lower_bound=1)
@@ -49,7 +58,7 @@ _TABLES = flags.DEFINE_string("tables", None,
 _VERIFY_ONLY = flags.DEFINE_bool("verify_only", False,
                                  "Only check an existing database against its manifest "
                                  "(sizes, sha256, record counts) and exit.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (--runner=local).")
 
 
 
@@ -67,9 +76,10 @@ def _print_manifest(manifest: dict, directory: Path) -> None:
 
 
 def main(argv):
-    reject_extra_arguments(argv)
+    runner, beam_args = runner_and_beam_args(argv, _RUNNER, _BEAM_ARGS)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the writer imports TensorFlow
     from hagg_tf.data import DatasetError, design, generate_dataset, verify_dataset
+    from hagg_tf.data.beam import LOCAL_RUNNER, generate_dataset_beam
     from hagg_tf.stem import TableError
 
     output = Path(_OUTPUT.value or f"work/datasets/{_PRESET.value}")
@@ -99,14 +109,21 @@ def main(argv):
 
     started = time.perf_counter()
     try:
-        report = generate_dataset(output, config, shard_indices=shards, workers=_WORKERS.value,
-                                  tables_path=_TABLES.value, progress=_PROGRESS.value,
-                                  command=" ".join(sys.argv))
-    except (DatasetError, TableError, ValueError, OSError) as error:
+        if runner == LOCAL_RUNNER:
+            report = generate_dataset(output, config, shard_indices=shards,
+                                      workers=_WORKERS.value, tables_path=_TABLES.value,
+                                      progress=_PROGRESS.value, command=" ".join(sys.argv))
+            ran_on = f"{_WORKERS.value} workers"
+        else:
+            report = generate_dataset_beam(output, config, runner=runner, beam_args=beam_args,
+                                           shard_indices=shards, tables_path=_TABLES.value,
+                                           command=" ".join(sys.argv))
+            ran_on = f"Beam {runner}"
+    except (DatasetError, TableError, ValueError, OSError, ImportError) as error:
         fail(str(error))
     elapsed = time.perf_counter() - started
     print(f"{report.records_written} samples in {len(report.written)} shard files written, "
-          f"{len(report.skipped)} already complete ({elapsed:.1f} s, {_WORKERS.value} workers)")
+          f"{len(report.skipped)} already complete ({elapsed:.1f} s, {ran_on})")
     if report.complete:
         print(f"database complete: {output / 'manifest.json'}")
         _print_manifest(report.manifest, output)

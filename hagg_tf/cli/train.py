@@ -8,6 +8,8 @@ Examples:
   TF_CONFIG='{"cluster": {"worker": ["h0:2222", "h1:2222"]},
              "task": {"type": "worker", "index": 0}}' \
     hagg-train --network=fractal_dimension --dataset=/shared/paper --strategy=multi_worker
+  (--batch_size is the global batch, split over the workers; worker 0 is the chief and writes
+  the run directory, worker i its own copy in <output>/workers/worker-i; docs/scale.md)
 
 Networks: fractal_dimension (CNN^Df), mixing_ratio_regressor (CNN^ρ_reg),
 mixing_ratio_classifier (CNN^ρ_class), wo3_cluster_size (CNN^0), tio2_cluster_size (CNN^1).
@@ -96,6 +98,9 @@ def main(argv):
     if _NETWORK.value is None:
         fail(f"--network is required: one of {', '.join(_NETWORKS)}")
     output = _OUTPUT.value or f"work/training/{_NETWORK.value}"
+    if _POOLED_CACHE.value is not None and _STRATEGY.value != "default":
+        fail(f"--strategy={_STRATEGY.value} is not supported with --pooled_cache (the pooled "
+             "path trains in one process); drop one of them")
     check_output_dir(output)
     if _POOLED_CACHE.value is not None and not os.path.isdir(_POOLED_CACHE.value):
         # built here; an existing, finished cache may be read from a read-only share

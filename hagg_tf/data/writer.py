@@ -165,8 +165,11 @@ def _finished_shard(output: Path, name: str, indices: np.ndarray,
 
 
 def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, payloads,
-                 design: DatasetDesign, settings_sha256: str, workers: int, bar) -> dict:
-    """Writes one shard from ``payloads`` (in index order), then its sidecar."""
+                 design: DatasetDesign, settings_sha256: str, workers: int, bar=None) -> dict:
+    """Writes one shard from ``payloads`` (in index order), then its sidecar.
+
+    ``bar`` (a tqdm bar, or None) advances by one per record.
+    """
     import tensorflow as tf
 
     started = time.perf_counter()
@@ -184,7 +187,8 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
                 writer.write(encode_example(payload, split))
                 homogeneous += int(payload["descriptors"].homogeneous)
                 per_theta[payload["theta_id"]] += 1
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         sidecar = {"file": name, "split": split, "records": int(len(indices)),
@@ -249,6 +253,93 @@ def _payload_stream(tasks: list[SampleTask], workers: int) -> Iterable[dict]:
         yield from pool.imap(compute_sample, tasks, chunksize=4)
 
 
+def prepare_output(output: str | os.PathLike, config: DatasetConfig,
+                   tables_path: str | None) -> tuple[Path, DatasetDesign, dict]:
+    """Creates ``output`` and checks (or records) its settings before any shard is written.
+
+    Returns:
+        (output as a Path, the design, the settings block).
+
+    Raises:
+        DatasetError: the directory holds a database with other settings.
+        TableError: the HAADF tables cannot be loaded.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    design = build_design(config)
+    settings = dataset_settings(config, tables_path)
+    _check_settings(output, settings)
+    return output, design, settings
+
+
+def plan_shards(output: Path, design: DatasetDesign, settings_sha256: str,
+                shard_indices: Sequence[int] | None
+                ) -> tuple[list[tuple[str, str, np.ndarray]], list[str], list[str]]:
+    """Which shard files of ``shard_indices`` (None: all) still need writing.
+
+    Removes the temporary files that killed writers left for the shards to write.
+
+    Returns:
+        (to write: (name, split, indices) in design order, names already finished, names of
+        the removed temporary files).
+
+    Raises:
+        ValueError: a shard index outside 0..num_shards−1.
+        DatasetError: a finished shard belongs to other settings or samples.
+    """
+    num_shards = design.config.num_shards
+    if shard_indices is None:
+        shard_indices = range(num_shards)
+    shard_indices = sorted(set(int(k) for k in shard_indices))
+    for shard in shard_indices:
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard index {shard} outside 0..{num_shards - 1}")
+    todo, skipped, removed = [], [], []
+    for shard in shard_indices:
+        for split in SPLITS:
+            name = design.shard_name(split, shard)
+            indices = design.shards[split][shard]
+            if _finished_shard(output, name, indices, settings_sha256) is None:
+                todo.append((name, split, indices))
+                removed += _remove_stale_temporaries(output, name)
+            else:
+                skipped.append(name)
+    return todo, skipped, removed
+
+
+def sample_tasks(design: DatasetDesign, indices: Iterable[int],
+                 tables_path: str | None) -> list[SampleTask]:
+    """The worker tasks of samples ``indices`` (one per record, in the given order)."""
+    config = design.config
+    return [SampleTask(index=int(index), theta_id=int(design.sample_theta[index]),
+                       theta=tuple(design.params(design.sample_theta[index]).as_tuple()),
+                       seed=config.seed, image_size=config.image_size,
+                       pixel_size_nm=config.effective_pixel_size_nm, dose=config.dose,
+                       min_size=config.min_size, max_size=config.max_size,
+                       tables_path=None if tables_path is None else str(tables_path))
+            for index in indices]
+
+
+def write_one_shard(output: Path, name: str, split: str, indices: np.ndarray,
+                    design: DatasetDesign, settings_sha256: str,
+                    tables_path: str | None) -> dict | None:
+    """Computes the samples of one shard in this process and writes the shard and its sidecar.
+
+    The unit of work of a distributed run (``hagg_tf.data.beam``): the same records, the same
+    temporary-then-rename and the same sidecar as `generate_dataset`, so the shard's bytes do
+    not depend on where it was written. A shard finished meanwhile (a retried work item, a
+    concurrent run) is kept, not rewritten.
+
+    Returns:
+        The new sidecar, or None when the shard was already finished.
+    """
+    if _finished_shard(output, name, indices, settings_sha256) is not None:
+        return None
+    payloads = map(compute_sample, sample_tasks(design, indices, tables_path))
+    return _write_shard(output, name, split, indices, payloads, design, settings_sha256,
+                        workers=1)
+
+
 def generate_dataset(output: str | os.PathLike, config: DatasetConfig, *,
                      shard_indices: Sequence[int] | None = None, workers: int = 1,
                      tables_path: str | None = None, progress: bool = True,
@@ -276,37 +367,10 @@ def generate_dataset(output: str | os.PathLike, config: DatasetConfig, *,
     from tqdm import tqdm
 
     started = time.perf_counter()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    design = build_design(config)
-    settings = dataset_settings(config, tables_path)
-    _check_settings(output, settings)
+    output, design, settings = prepare_output(output, config, tables_path)
     settings_sha256 = settings["settings_sha256"]
-    if shard_indices is None:
-        shard_indices = range(config.num_shards)
-    shard_indices = sorted(set(int(k) for k in shard_indices))
-    for shard in shard_indices:
-        if not 0 <= shard < config.num_shards:
-            raise ValueError(f"shard index {shard} outside 0..{config.num_shards - 1}")
-
-    todo, skipped, removed = [], [], []
-    for shard in shard_indices:
-        for split in SPLITS:
-            name = design.shard_name(split, shard)
-            indices = design.shards[split][shard]
-            if _finished_shard(output, name, indices, settings_sha256) is None:
-                todo.append((name, split, indices))
-                removed += _remove_stale_temporaries(output, name)
-            else:
-                skipped.append(name)
-
-    tasks = [SampleTask(index=int(index), theta_id=int(design.sample_theta[index]),
-                        theta=tuple(design.params(design.sample_theta[index]).as_tuple()),
-                        seed=config.seed, image_size=config.image_size,
-                        pixel_size_nm=config.effective_pixel_size_nm, dose=config.dose,
-                        min_size=config.min_size, max_size=config.max_size,
-                        tables_path=None if tables_path is None else str(tables_path))
-             for _, _, indices in todo for index in indices]
+    todo, skipped, removed = plan_shards(output, design, settings_sha256, shard_indices)
+    tasks = [task for _, _, indices in todo for task in sample_tasks(design, indices, tables_path)]
     written = []
     with tqdm(total=len(tasks), unit="sample", disable=not progress, desc="samples",
               smoothing=0.05) as bar:

@@ -36,8 +36,8 @@ from hagg_tf.estimation.images import (InputError, PreparedImages, StemInput, fi
 from hagg_tf.estimation.quantities import (DESCRIPTOR_QUANTITIES, THETA_QUANTITIES,
                                            format_typical_error, quantities_record,
                                            typical_error)
-from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SHADOW_DESCRIPTORS, check_shadow_count,
-                                        collect_shadows, descriptor_arrays, shadow_summary)
+from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SAVED_SHADOWS, SHADOW_DESCRIPTORS,
+                                        check_shadow_count, collect_shadows, descriptor_arrays, shadow_summary)
 from hagg_tf.model.aggregate import Aggregate
 from hagg_tf.model.descriptors import Descriptors
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
@@ -207,7 +207,9 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
                  electrons_per_pixel: Optional[float] = None, dose: Optional[float] = None,
                  shadows: int = DEFAULT_SHADOWS, seed: int = 0, workers: Optional[int] = None,
                  generator_config: Optional[GeneratorConfig] = None,
-                 progress: bool = False) -> CharacterizationResult:
+                 progress: bool = False, runner: str = "local", beam_args: Sequence[str] = (),
+                 shadow_work_dir: Optional[Union[str, os.PathLike]] = None
+                 ) -> CharacterizationResult:
     """θ̂, digital shadows and their descriptors for the STEM images of one sample.
 
     Args:
@@ -227,6 +229,14 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         generator_config: settings of the stochastic model for the shadows.
         progress: show a progress bar on stderr while drawing more than
             :data:`~hagg_tf.estimation.shadows.PROGRESS_SHADOWS` shadows.
+        runner: ``"local"`` (this machine's worker processes) or an Apache Beam runner that
+            computes every shadow's descriptors (:func:`~hagg_tf.estimation.beam_shadows.
+            beam_shadow_descriptors`, the same values as the local path); the shadows kept for
+            the output files are then drawn here.
+        beam_args: Beam pipeline options.
+        shadow_work_dir: the Beam runner's folder of finished blocks (a rerun resumes from
+            it); a runner outside this process needs one its workers share. None: a temporary
+            folder.
 
     Returns:
         The result; see :class:`CharacterizationResult`.
@@ -272,8 +282,15 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     if params.as_tuple() != estimate.theta:
         warnings.append(f"θ̂ = {_format_theta(estimate.theta)} is outside the model's domain; "
                         f"shadows drawn from {_format_theta(params.as_tuple())}")
-    aggregates, descriptors, restarts = collect_shadows(params, shadows, seed, workers,
-                                                        generator_config, progress=progress)
+    from hagg_tf.data.beam import is_beam_runner  # the writer behind it is not needed otherwise
+
+    if is_beam_runner(runner):
+        aggregates, descriptors, restarts = _beam_shadows(
+            params, shadows, seed, workers, generator_config, runner, beam_args,
+            shadow_work_dir)
+    else:
+        aggregates, descriptors, restarts = collect_shadows(params, shadows, seed, workers,
+                                                            generator_config, progress=progress)
     if shadows > len(aggregates):
         notes.append(f"shadows.npz and shadows.xyz hold the first {len(aggregates)} of the "
                      f"{shadows} shadows; all {shadows} enter the descriptors (shadow k is "
@@ -293,6 +310,28 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
                "model_card": model.model_card},
         simulated_theta=_simulated_theta(inputs), seed=seed, timings=timings,
         shadow_count=len(descriptors), shadow_restarts=restarts)
+
+
+def _beam_shadows(params: ModelParameters, shadows: int, seed: int, workers: Optional[int],
+                  generator_config: Optional[GeneratorConfig], runner: str,
+                  beam_args: Sequence[str], work_dir
+                  ) -> tuple[list[Aggregate], list[Descriptors], int]:
+    """:func:`collect_shadows` with the descriptors computed on a Beam runner.
+
+    Only the first :data:`SAVED_SHADOWS` aggregates are needed as aggregates (for the output
+    files); they are drawn here, and every shadow's descriptors come from the pipeline.
+    """
+    from hagg_tf.estimation.beam_shadows import beam_shadow_descriptors
+    from hagg_tf.model.generator import GenerationError
+
+    kept, _, _ = collect_shadows(params, min(shadows, SAVED_SHADOWS), seed, workers,
+                                 generator_config)
+    (outcome,) = beam_shadow_descriptors(
+        [(params, seed, range(shadows))], None if work_dir is None else str(work_dir),
+        runner=runner, beam_args=beam_args, config=generator_config)
+    if outcome.error:
+        raise GenerationError(outcome.error)
+    return kept, outcome.descriptors, outcome.restarts
 
 
 def collapse_warnings(warnings: Sequence[str]) -> list[str]:

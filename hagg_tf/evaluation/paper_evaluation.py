@@ -37,6 +37,7 @@ import numpy as np
 
 from hagg_tf.estimation.estimators import (CLASSIFIER_THRESHOLD, combine_mixing_ratio,
                                            estimate_theta, round_cluster_size)
+from hagg_tf.data.beam import LOCAL_RUNNER, is_beam_runner
 from hagg_tf.evaluation.predictions import Predictions, PredictionsError, disjoint_groups
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
 
@@ -69,6 +70,8 @@ SHADOW_DESCRIPTOR_NAMES = ("tio2_cluster_size", "hetero_coordination", "total_co
 _SHADOW_INDEX_STRIDE = 1_000_000
 _SHADOW_ROLES = ("theta", "estimate")
 _SHADOW_CACHE_FORMAT = "hagg_tf.shadow_descriptors/1"
+#: Under the shadow cache folder: the blocks of a Beam run, until every job is cached.
+_BEAM_BLOCKS_DIR = "beam-blocks"
 
 
 # --------------------------------------------------------------------------- basic statistics
@@ -665,12 +668,16 @@ def _descriptor_arrays(descriptors) -> dict:
 
 
 def _draw_jobs(jobs: list[_ShadowJob], seed: int, config: GeneratorConfig, workers: int,
-               cache_dir: Optional[pathlib.Path], bar) -> dict:
+               cache_dir: Optional[pathlib.Path], bar, runner: str = LOCAL_RUNNER,
+               beam_args: Sequence[str] = ()) -> dict:
     """Draws and describes the aggregates of every job, in one worker pool where possible.
 
     One pool for all jobs saves starting the worker processes anew for every θ. A θ the
     generator cannot draw (``GenerationError``, e.g. θ̂_Df near the top of CNN^Df's range with
     large clusters) is recorded as failed, and the remaining jobs go on in a fresh pool.
+    With a Beam ``runner``, one pipeline draws every job in blocks instead
+    (`hagg_tf.estimation.beam_shadows`; the same descriptors), its blocks kept under
+    ``cache_dir`` until every job's cache file is written.
     """
     from hagg_tf.model.batch import iter_aggregates
     from hagg_tf.model.generator import GenerationError
@@ -681,6 +688,23 @@ def _draw_jobs(jobs: list[_ShadowJob], seed: int, config: GeneratorConfig, worke
         results[job] = arrays
         if cache_dir is not None:
             _write_cache(cache_dir / job.file_name, job, seed, config, arrays)
+
+    if is_beam_runner(runner):
+        import shutil
+
+        from hagg_tf.estimation.beam_shadows import beam_shadow_descriptors
+
+        blocks = None if cache_dir is None else cache_dir / _BEAM_BLOCKS_DIR
+        outcomes = beam_shadow_descriptors([(job.params, seed, job.indices) for job in jobs],
+                                           None if blocks is None else str(blocks),
+                                           runner=runner, beam_args=beam_args, config=config)
+        for job, outcome in zip(jobs, outcomes):
+            finish(job, {"error": outcome.error} if outcome.error
+                   else _descriptor_arrays(outcome.descriptors))
+            bar.update(job.count)
+        if blocks is not None:
+            shutil.rmtree(blocks, ignore_errors=True)  # every job is in its cache file now
+        return results
 
     def describe_all(batch):
         params = [job.params for job in batch for _ in range(job.count)]
@@ -752,7 +776,8 @@ def compare_digital_shadows(pairs: Sequence[ShadowPair],
                             cache_dir: Optional[Union[str, os.PathLike]] = None,
                             workers: int = 1, progress: bool = True,
                             config: Optional[GeneratorConfig] = None,
-                            histogram_pairs: int = FIG14_PAIRS, bins: int = FIG14_BINS) -> dict:
+                            histogram_pairs: int = FIG14_PAIRS, bins: int = FIG14_BINS,
+                            runner: str = LOCAL_RUNNER, beam_args: Sequence[str] = ()) -> dict:
     """Table 5 and Fig. 14: descriptor means of aggregates drawn from θ and from θ̂.
 
     For every pair, ``aggregates`` aggregates are drawn from θ and as many, independently, from
@@ -772,6 +797,9 @@ def compare_digital_shadows(pairs: Sequence[ShadowPair],
         config: generator settings.
         histogram_pairs: the first this many successful pairs get Fig. 14 histograms.
         bins: histogram bins.
+        runner: ``"local"`` (``workers`` processes) or an Apache Beam runner
+            (`hagg_tf.data.beam.beam_pipeline`; on a cluster ``cache_dir`` must be shared).
+        beam_args: Beam pipeline options.
 
     Returns:
         ``pairs`` (θ, θ̂ in its three forms, the two samples' means and counts, or ``failed``),
@@ -795,7 +823,8 @@ def compare_digital_shadows(pairs: Sequence[ShadowPair],
     missing = [job for job in jobs if job not in results]
     with tqdm(total=len(jobs) * aggregates, initial=(len(jobs) - len(missing)) * aggregates,
               unit="agg", desc="digital shadows", disable=not progress) as bar:
-        results.update(_draw_jobs(missing, seed, config, workers, cache_dir, bar))
+        results.update(_draw_jobs(missing, seed, config, workers, cache_dir, bar, runner,
+                                  beam_args))
 
     rows, histograms = [], []
     for pair in pairs:
@@ -837,7 +866,8 @@ def evaluate_predictions(predictions: Predictions, *, nu: int = DEFAULT_NU, seed
                          shadow_aggregates: int = DEFAULT_SHADOW_AGGREGATES,
                          shadow_cache_dir: Optional[Union[str, os.PathLike]] = None,
                          workers: int = 1, progress: bool = True,
-                         generator_config: Optional[GeneratorConfig] = None) -> dict:
+                         generator_config: Optional[GeneratorConfig] = None,
+                         runner: str = LOCAL_RUNNER, beam_args: Sequence[str] = ()) -> dict:
     """The paper's Sec. 3 evaluation (Figs. 9–15, Tables 4–5) of one predictions file.
 
     Args:
@@ -852,6 +882,7 @@ def evaluate_predictions(predictions: Predictions, *, nu: int = DEFAULT_NU, seed
         workers: generator processes.
         progress: progress bar for the shadows.
         generator_config: generator settings of the shadows.
+        runner, beam_args: where the shadows are drawn (see :func:`compare_digital_shadows`).
 
     Returns:
         JSON-serialisable dict: ``settings``, ``info`` (of the predictions), ``fig09``,
@@ -867,7 +898,8 @@ def evaluate_predictions(predictions: Predictions, *, nu: int = DEFAULT_NU, seed
         pairs = select_shadow_pairs(predictions, shadow_thetas, nu, seed)
         shadows = compare_digital_shadows(pairs, shadow_aggregates, seed=seed,
                                           cache_dir=shadow_cache_dir, workers=workers,
-                                          progress=progress, config=generator_config)
+                                          progress=progress, config=generator_config,
+                                          runner=runner, beam_args=beam_args)
     return json_safe({
         "settings": {"nu": nu, "seed": seed, "images": predictions.num_images,
                      "configurations": int(np.unique(predictions.arrays["theta_id"]).size),

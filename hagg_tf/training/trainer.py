@@ -28,8 +28,12 @@ loss instead (stated in ``training.json`` and printed).
 
 Distribution: ``strategy="mirrored"`` (all local GPUs) or ``"multi_worker"`` (every worker runs
 the same command with its ``TF_CONFIG``) builds and compiles the model in the strategy's scope;
-Keras splits each global batch (the paper's 16 or 8) across the replicas. Only the chief writes
-checkpoints, logs and the history; other workers back up into ``backup/worker-<id>``.
+Keras splits each global batch (the paper's 16 or 8) across the replicas. Under
+``multi_worker`` every worker runs the whole input pipeline and keeps its slice of every global
+batch (:func:`hagg_tf.training.runtime.distribute_input`). The chief writes the run folder;
+every other worker writes the same files (backup, history, best and last model, training.json)
+into its own ``<output>/workers/worker-<id>`` (:func:`hagg_tf.training.runtime.worker_run_dir`),
+and resumes and reports completion from there; only the chief writes TensorBoard logs.
 """
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from hagg_tf.tensorflow_import import import_tensorflow_quietly
-from hagg_tf.training.runtime import STRATEGIES, is_chief, make_strategy
+from hagg_tf.training.runtime import (STRATEGIES, WORKERS, distribute_input, is_chief,
+                                      make_strategy, prepare_model_for_fit, worker_run_dir)
 
 #: Default patience (epochs without improvement of the monitored loss) of early stopping.
 DEFAULT_PATIENCE = 20
@@ -168,16 +173,16 @@ def _callbacks(keras, output_dir: pathlib.Path, monitor: str, patience: int, chi
                 self.best = values[best_index]
                 self.wait = len(values) - 1 - best_index
 
-    callbacks = []
-    if chief:
-        callbacks.append(keras.callbacks.CSVLogger(str(output_dir / HISTORY), append=True))
-        if _tensorboard_available():
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(output_dir / LOGS),
-                                                         update_freq="epoch", profile_batch=0))
-        previous = [row[monitor] for row in history_rows if monitor in row]
-        callbacks.append(checkpoint or keras.callbacks.ModelCheckpoint(
-            str(output_dir / BEST_MODEL), monitor=monitor, mode="min", save_best_only=True,
-            initial_value_threshold=min(previous) if previous else None))
+    # A non-chief worker keeps its own history and best checkpoint in its own run folder
+    # (worker_run_dir): its early stopping then decides from the same rows as the chief's.
+    callbacks = [keras.callbacks.CSVLogger(str(output_dir / HISTORY), append=True)]
+    if chief and _tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(output_dir / LOGS),
+                                                     update_freq="epoch", profile_batch=0))
+    previous = [row[monitor] for row in history_rows if monitor in row]
+    callbacks.append(checkpoint or keras.callbacks.ModelCheckpoint(
+        str(output_dir / BEST_MODEL), monitor=monitor, mode="min", save_best_only=True,
+        initial_value_threshold=min(previous) if previous else None))
     callbacks.append(ResumableEarlyStopping(monitor=monitor, mode="min", patience=patience))
     # Last among the built-ins: its on_train_begin restores the weights and sets the initial
     # epoch, and its on_epoch_end runs after the history row has been written.
@@ -310,7 +315,11 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
     # First of all TensorFlow work: MultiWorkerMirroredStrategy must configure the collective
     # ops before any other op runs.
     distribution = make_strategy(strategy)
-    output_dir = pathlib.Path(output_dir)
+    chief = is_chief(distribution)
+    requested_output = pathlib.Path(output_dir)
+    # Everything below reads and writes this worker's own run folder (the requested one on the
+    # chief), so that the workers of a cluster resume and finish from consistent state.
+    output_dir = worker_run_dir(requested_output, distribution)
     dataset_dir = pathlib.Path(dataset_dir)
     num_images = networks.DEFAULT_NUM_IMAGES if num_images is None else int(num_images)
     batch_size = spec.batch_size if batch_size is None else int(batch_size)
@@ -321,13 +330,20 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
         import shutil
 
         # Only ever delete what a training run wrote, never a directory given by mistake.
-        known = {BACKUP, LOGS, BEST_MODEL, LAST_MODEL, HISTORY, SUMMARY}
+        known = {BACKUP, LOGS, BEST_MODEL, LAST_MODEL, HISTORY, SUMMARY, WORKERS}
         foreign = [child.name for child in output_dir.iterdir()
                    if child.name not in known and not child.name.startswith(".")]
         if foreign:
             raise TrainingError(f"{output_dir} holds files that no training run wrote "
                                 f"({', '.join(sorted(foreign)[:3])}); not deleting it")
-        shutil.rmtree(output_dir)
+        if int(distribution.num_replicas_in_sync) > 1 and chief and \
+                (output_dir / WORKERS).is_dir():
+            # the other workers delete their own folders, perhaps at this very moment
+            for child in output_dir.iterdir():
+                if child.name != WORKERS:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(output_dir)
     if summary_path.is_file():
         previous = json.loads(summary_path.read_text())
         if previous.get("network") != name:
@@ -362,8 +378,9 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
         np.random.SeedSequence([seed, resume_epoch]).generate_state(1)[0]) & 0x7FFFFFFF
     multi = {"num_images": num_images} if spec.multi_image else {}
     try:
-        train_data = network_dataset(dataset_dir, name, "train", batch_size=batch_size,
-                                     seed=data_seed, verify=verify, **multi)
+        train_data = distribute_input(network_dataset(
+            dataset_dir, name, "train", batch_size=batch_size, seed=data_seed, verify=verify,
+            **multi), distribution)
         train_steps = epoch_size(dataset_dir, name, "train", batch_size=batch_size,
                                  num_images=num_images).steps
     except (DatasetError, ValueError) as error:
@@ -373,8 +390,9 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
         raise TrainingError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
     validation_note = None
     try:
-        validation_data = network_dataset(dataset_dir, name, "validation",
-                                          batch_size=batch_size, verify="none", **multi)
+        validation_data = distribute_input(network_dataset(
+            dataset_dir, name, "validation", batch_size=batch_size, verify="none", **multi),
+            distribution)
         monitor = "val_loss"
     except ValueError as error:
         validation_data, monitor = None, "loss"
@@ -383,22 +401,20 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
         if verbose:
             print(f"{name}: {validation_note}")
 
-    chief = is_chief(distribution)
     backup_dir = output_dir / BACKUP
-    if not chief:
-        backup_dir = backup_dir / f"worker-{distribution.cluster_resolver.task_id}"
     keras.utils.set_random_seed(seed)
     with distribution.scope():
         model = networks.build_network(name, image_size=image_size, num_images=num_images,
                                        stack_strategy=stack_strategy)
         networks.compile_network(model, learning_rate=learning_rate)
+    prepare_model_for_fit(model, distribution)
     images_per_step = batch_size * (num_images if spec.multi_image else 1)
     meter = _throughput_meter(keras, images_per_step, warmup_steps)
     callback_list = _callbacks(keras, output_dir, monitor, patience, chief, backup_dir,
                                backup_every_steps, history_rows, meter) + list(callbacks)
 
     settings = {
-        "network": name, "dataset": str(dataset_dir),
+        "network": name, "dataset": str(dataset_dir), "output": str(requested_output),
         "dataset_settings": manifest.get("settings", {}).get("config",
                                                              manifest.get("settings")),
         "image_size": image_size, "pixel_size_nm": _pixel_size(manifest),
@@ -407,12 +423,12 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
         "steps_per_epoch": steps_per_epoch, "train_records": manifest["splits"]["train"]["records"],
         "validation": validation_note or "validation split (part of T)", "monitor": monitor,
         "patience": patience, "seed": seed, "strategy": strategy,
-        "replicas": int(distribution.num_replicas_in_sync), "stack_strategy": stack_strategy,
+        "replicas": int(distribution.num_replicas_in_sync), "chief": chief,
+        "stack_strategy": stack_strategy,
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }
-    if chief:
-        _write_json(summary_path, {**settings, "status": "running",
-                                   "resumed_from_epoch": resume_epoch})
+    _write_json(summary_path, {**settings, "status": "running",
+                               "resumed_from_epoch": resume_epoch})
     if verbose and chief and not _tensorboard_available():
         print(f"{name}: no TensorBoard logs (install tensorboard: pip install -e '.[ml]')")
     if verbose and resume_epoch:
@@ -426,19 +442,18 @@ def train_network(name: str, dataset_dir: Union[str, os.PathLike],
     final_epoch = backup_epoch(output_dir) or len(rows)
     stopped_early = final_epoch < epochs
     epochs_run = len(next(iter(history.history.values()), []))
-    if chief:
-        model.save(output_dir / LAST_MODEL)
-        best = output_dir / BEST_MODEL
-        _write_json(summary_path, {
-            **settings, "status": "complete", "resumed_from_epoch": resume_epoch,
-            "final_epoch": final_epoch, "stopped_early": stopped_early,
-            "epochs_run_last_call": epochs_run, "wall_s_last_call": round(wall, 1),
-            "images_per_second_last_call": _round_or_none(meter.images_per_second),
-            "images_seen": final_epoch * steps_per_epoch * images_per_step,
-            "best": {"path": BEST_MODEL if best.exists() else None,
-                     **_best_row(rows, monitor)},
-            "history_last": rows[-1] if rows else None,
-        })
+    model.save(output_dir / LAST_MODEL)
+    best = output_dir / BEST_MODEL
+    _write_json(summary_path, {
+        **settings, "status": "complete", "resumed_from_epoch": resume_epoch,
+        "final_epoch": final_epoch, "stopped_early": stopped_early,
+        "epochs_run_last_call": epochs_run, "wall_s_last_call": round(wall, 1),
+        "images_per_second_last_call": _round_or_none(meter.images_per_second),
+        "images_seen": final_epoch * steps_per_epoch * images_per_step,
+        "best": {"path": BEST_MODEL if best.exists() else None,
+                 **_best_row(rows, monitor)},
+        "history_last": rows[-1] if rows else None,
+    })
     return TrainingResult(output_dir, history.history, epochs_run, resume_epoch, final_epoch,
                           stopped_early, meter.images_per_second, monitor,
                           output_dir / BEST_MODEL if (output_dir / BEST_MODEL).exists()
