@@ -9,8 +9,8 @@ import pytest
 
 from hagg_tf.evaluation import paper_evaluation as pe
 from hagg_tf.evaluation import report
-from hagg_tf.evaluation.predictions import (Predictions, PredictionsError, disjoint_groups,
-                                            save_predictions)
+from hagg_tf.data.design import disjoint_groups
+from hagg_tf.evaluation.predictions import Predictions, PredictionsError, save_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "evaluate.py"

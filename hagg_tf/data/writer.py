@@ -40,7 +40,7 @@ from hagg_tf.data.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, S
 from hagg_tf.data.records import (DESCRIPTOR_FIELDS, FEATURE_KEYS, SampleTask, compute_sample,
                                   encode_example)
 from hagg_tf.model.io import atomic_write
-from hagg_tf.model.workers import bound_to_parent
+from hagg_tf.model.workers import bound_to_parent, process_alive
 
 _SIDE_CAR_SUFFIX = ".json"
 #: Between a shard's temporary name and the pid of the process writing it.
@@ -205,19 +205,6 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
     return sidecar
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (signal 0 probes, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except OverflowError:
-        return False
-    return True
-
-
 def _remove_stale_temporaries(output: Path, name: str) -> list[str]:
     """Removes the temporary files of shard ``name`` left by writers that were killed.
 
@@ -232,7 +219,7 @@ def _remove_stale_temporaries(output: Path, name: str) -> list[str]:
     removed = []
     for path in output.glob(f"{glob.escape(prefix)}*"):
         pid = path.name[len(prefix):]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
             continue
         try:
             path.unlink()

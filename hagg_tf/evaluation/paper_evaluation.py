@@ -19,7 +19,7 @@ Estimators (paper Sec. 2.3, the same code as :mod:`hagg_tf.estimation.estimators
 Errors are estimate − truth throughout. Per-image errors compare with the imaged aggregate's
 D_f(A) and ρ(A); θ-level errors with the preset θ of the group. Group membership: the file's
 ``groups_nu<ν>`` where it has them (so θ̂_Df, θ̂_ρ, θ̂_0 and θ̂_1 of a group come from the same
-images), else :func:`~hagg_tf.evaluation.predictions.disjoint_groups` with the given seed.
+images), else :func:`~hagg_tf.data.design.disjoint_groups` with the given seed.
 
 :func:`evaluate_predictions` returns one JSON-serialisable dict (NaN written as ``None``).
 """
@@ -38,7 +38,8 @@ import numpy as np
 from hagg_tf.estimation.estimators import (CLASSIFIER_THRESHOLD, combine_mixing_ratio,
                                            estimate_theta, round_cluster_size)
 from hagg_tf.data.beam import LOCAL_RUNNER, is_beam_runner
-from hagg_tf.evaluation.predictions import Predictions, PredictionsError, disjoint_groups
+from hagg_tf.data.design import disjoint_groups
+from hagg_tf.evaluation.predictions import Predictions, PredictionsError
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
 
 #: ν of every θ-level result unless stated (the paper's Sec. 3).
@@ -171,7 +172,7 @@ def per_image_mixing_ratio(predictions: Predictions,
 
 def groups_for(predictions: Predictions, nu: int, seed: int = 0) -> np.ndarray:
     """(G, ν) image rows of the groups of size ``nu``: the file's if present, else drawn with
-    :func:`~hagg_tf.evaluation.predictions.disjoint_groups`."""
+    :func:`~hagg_tf.data.design.disjoint_groups`."""
     if nu in predictions.group_sizes:
         return np.asarray(predictions.groups(nu), np.int64)
     return disjoint_groups(predictions.arrays["theta_id"], nu, seed)

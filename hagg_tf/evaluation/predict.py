@@ -23,7 +23,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from hagg_tf.data.pooled import LABEL_KEYS, iter_pooled_shards, load_pooled_split, sums_to_inputs
-from hagg_tf.evaluation.predictions import Predictions, disjoint_groups
+from hagg_tf.data.design import disjoint_groups
+from hagg_tf.evaluation.predictions import Predictions
 
 SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
                         "mixing_ratio_regressor": "mixing_ratio_regressor_pred",

@@ -39,7 +39,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -141,34 +141,3 @@ def load_predictions(path: Union[str, os.PathLike]) -> Predictions:
     except (ValueError, OSError) as error:
         raise PredictionsError(f"{path}: not a predictions file ({error})") from None
     return Predictions(arrays, info)
-
-
-def disjoint_groups(theta_id: np.ndarray, nu: int, seed: int = 0,
-                    max_groups_per_theta: Optional[int] = None) -> np.ndarray:
-    """Groups of ``nu`` images of one configuration each, no image used twice.
-
-    The images of every configuration are shuffled (seeded) and cut into ``⌊n/ν⌋`` groups; the
-    rest are left out (with the paper's 20 evaluation images per θ: one group for ν = 12 or 16,
-    two for ν = 8, five for ν = 4).
-
-    Args:
-        theta_id: (N,) configuration id of every image.
-        nu: group size ν ≥ 1.
-        seed: shuffling seed.
-        max_groups_per_theta: at most this many groups per configuration.
-
-    Returns:
-        (G, ν) int64 rows into ``theta_id``, configurations in ascending id order.
-    """
-    if nu < 1:
-        raise ValueError(f"nu must be >= 1, got {nu}")
-    theta_id = np.asarray(theta_id)
-    rng = np.random.default_rng(seed)
-    groups = []
-    for configuration in np.unique(theta_id):
-        rows = rng.permutation(np.flatnonzero(theta_id == configuration))
-        count = len(rows) // nu
-        if max_groups_per_theta is not None:
-            count = min(count, max_groups_per_theta)
-        groups.extend(rows[k * nu:(k + 1) * nu] for k in range(count))
-    return np.asarray(groups, dtype=np.int64).reshape(-1, nu)

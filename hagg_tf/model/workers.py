@@ -52,13 +52,14 @@ def _request_death_signal() -> None:
         pass  # no usable libc: the polling thread still ends the worker
 
 
-def _process_exists(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes, sends nothing)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
-        return True
+        return True  # someone else's process
     return True
 
 
@@ -89,7 +90,7 @@ def exit_with_parent(owner: int, death_signal: bool, initializer: Optional[Calla
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="hagg_tf-exit-with-parent").start()
     # The owner may have died before the death signal was requested or the parent was read.
-    if not _process_exists(owner):
+    if not process_alive(owner):
         os._exit(_ORPHAN_EXIT_STATUS)
     if initializer is not None:
         initializer(*initargs)

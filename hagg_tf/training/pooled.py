@@ -40,7 +40,7 @@ from typing import Optional, Union
 import numpy as np
 
 from hagg_tf.data.pooled import PooledSplit, load_pooled_split
-from hagg_tf.evaluation.predictions import disjoint_groups
+from hagg_tf.data.design import disjoint_groups
 from hagg_tf.training import trainer
 from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
