@@ -41,3 +41,18 @@ def tiny_compact_cache(tiny_database, tmp_path_factory):
     cache = build_pooled_cache(database, tmp_path_factory.mktemp("tiny_cache") / "pool",
                                pooling, workers=1, progress=False)
     return database, cache
+
+
+def _one_error_line(result) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def one_error_line():
+    """Checks a finished CLI run (``subprocess.CompletedProcess``) failed with exit status 2 and
+    one ``error:`` line on stderr, no traceback; returns that line."""
+    return _one_error_line

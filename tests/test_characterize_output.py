@@ -25,12 +25,6 @@ def run_tool(*args, timeout=300):
                           text=True, cwd=REPO, timeout=timeout)
 
 
-def one_error_line(result) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +37,8 @@ def intensity():
 
 # ------------------------------------------------------------------------- point 5: images
 
-def test_float_and_8_bit_images_are_refused_alike_without_electrons_per_pixel(tmp_path,
+def test_float_and_8_bit_images_are_refused_alike_without_electrons_per_pixel(
+        one_error_line, tmp_path,
                                                                               intensity):
     float_tif = tmp_path / "fraction.tif"
     iio.imwrite(float_tif, intensity.astype(np.float32))
@@ -254,7 +249,7 @@ def test_only_the_first_shadows_are_kept_but_every_one_is_described(monkeypatch,
     assert "digital shadows" not in capsys.readouterr().err  # short runs stay quiet
 
 
-def test_too_many_shadows_are_refused_with_the_maximum():
+def test_too_many_shadows_are_refused_with_the_maximum(one_error_line):
     from hagg_tf.estimation import characterize
     from hagg_tf.estimation.shadows import MAX_SHADOWS, iter_shadows
 

@@ -92,8 +92,8 @@ def _assert_one_error_line(result, *fragments):
     assert "Traceback" not in result.stderr
 
 
-def test_setup_cfg_lists_the_ten_tools():
-    assert len(SCRIPTS) == 10
+def test_setup_cfg_lists_the_eleven_tools():
+    assert len(SCRIPTS) == 11
     assert {module for module, _ in SCRIPTS.values()} == {
         f"hagg_tf.cli.{path.stem}" for path in (ROOT / "hagg_tf" / "cli").glob("*.py")
         if path.stem != "__init__"}

@@ -6,8 +6,11 @@ Examples:
   hagg-characterize img01.png img02.png ... --models=work/saved_models --output=work/run7
 
 Input: a folder, glob or files of 16-bit, 8-bit or float greyscale PNG/TIFF images of one
-sample (at least ν = 12 by default; more are used too). hagg_tf's own PNGs carry pixel size and
-dose; for other images give --pixel_size_nm, and --dose or --electrons_per_pixel. Only 16-bit
+sample (at least ν = 12 by default; more are used too), or microscope files (DigitalMicrograph
+.dm3/.dm4, Velox or NCEM .emd, .mrc, calibrated TIFF; needs pip install 'hagg_tf[formats]'),
+whose pixel size comes from the file and whose HAADF image is chosen by its name (--signal
+chooses another, by title, detector or index). hagg_tf's own PNGs carry pixel size and dose;
+for other images give --pixel_size_nm, and --dose or --electrons_per_pixel. Only 16-bit
 images are taken as detector counts: 8-bit and float images need --electrons_per_pixel, the
 value the whole incident beam would have in the image (1 for intensities as fractions of the
 beam). Images at another pixel size are resampled to the networks' (with a warning) and padded
@@ -18,7 +21,18 @@ Output (default work/characterize/<name of the folder>): one line per estimated 
 their spread), and the files report.json (θ̂ with every network's raw output, the shadows'
 descriptors, the quantities' meanings, warnings, timings), shadows.npz and shadows.xyz (the
 first 1000 digital shadows) and characterize.png. --shadows is at most 100 000; runs of more
-than 500 shadows show a progress bar on stderr. Bad input: one 'error:' line, exit status 2.
+than 500 shadows show a progress bar on stderr. Bad input: one 'error:' line, exit status 2;
+so are images whose field of view cannot show an aggregate (an atomic-resolution image, say).
+Images unlike the networks' training images (background, blur, pixel size, an
+aggregate cut by the border) and raw θ̂ outside the trained range get a 'warning:' line naming
+what is off (docs/learning.md, "When the answer cannot be trusted").
+
+The digital shadows look like the sample: their particle radius distribution (log-normal mean
+and s.d.) and particles per aggregate are estimated from the images (docs/learning.md,
+"Particle sizes of the digital shadows") unless given with --radius_mean_nm, --radius_sd_nm and
+--particles (a count or a range min-max); the console says which, and report.json records the
+values and where they came from. The paper's fixed model: --particles=20-80
+--radius_mean_nm=12 --radius_sd_nm=3.
 """
 from __future__ import annotations
 
@@ -33,6 +47,8 @@ from absl import flags
 from hagg_tf.cli import (check_output_dir, define_float, define_pixel_size, define_runner_flags,
                          define_seed, fail, run_tool, runner_and_beam_args)
 from hagg_tf.data.beam import IN_PROCESS_RUNNERS
+from hagg_tf.estimation.sample_size import (MAX_PARTICLES, MAX_RADIUS_CV, RADIUS_MEAN_RANGE_NM,
+                                           SampleSizeError, check_radius, parse_particles)
 
 _MODELS = flags.DEFINE_string(
     "models", None, "Composite SavedModel (export base, model or version directory); default: "
@@ -46,7 +62,23 @@ _ELECTRONS = define_float("electrons_per_pixel", None,
                           "beam).", positive=True)
 _DOSE = define_float("dose", None, "Electron dose, e/Å², > 0, for 16-bit images without "
                      "metadata (default: the paper's 149, with a warning).", positive=True)
+_SIGNAL = flags.DEFINE_string(
+    "signal", None, "Signal to take from microscope files with several (Velox: one per "
+    "detector): its title or detector name, or its index; default: the only image, else the "
+    "one named HAADF.")
 _SHADOWS = flags.DEFINE_integer("shadows", 100, "Digital shadows to draw (the paper: 800).")
+_RADIUS_MEAN = define_float(
+    "radius_mean_nm", None, "Mean particle radius of the digital shadows, nm; default: "
+    "estimated from the images (their round single-particle domes).",
+    lower_bound=RADIUS_MEAN_RANGE_NM[0], upper_bound=RADIUS_MEAN_RANGE_NM[1])
+_RADIUS_SD = define_float(
+    "radius_sd_nm", None, f"s.d. of the shadows' particle radius, nm, > 0 (s.d./mean at most "
+    f"{MAX_RADIUS_CV:g}); default: estimated from the images.", positive=True)
+_PARTICLES = flags.DEFINE_string(
+    "particles", None, "Particles per aggregate of the digital shadows: a count ('40': every "
+    "shadow has 40) or a range ('20-80': uniform on 20…80), within 1–"
+    f"{MAX_PARTICLES}; default: estimated per image from its integrated intensity. The paper's "
+    "fixed model: --particles=20-80 --radius_mean_nm=12 --radius_sd_nm=3.")
 _SEED = define_seed(0, "Seed of the digital shadows.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Processes drawing shadows (default: one up "
                                 "to 200 shadows, else all cores).", lower_bound=1)
@@ -77,7 +109,8 @@ def main(argv):
     from hagg_tf.estimation.images import check_resampling
 
     if not inputs:
-        fail("no images given: hagg-characterize FOLDER | GLOB | FILES... (PNG or TIFF)")
+        fail("no images given: hagg-characterize FOLDER | GLOB | FILES... (PNG, TIFF or "
+             "microscope files)")
     from hagg_tf.estimation.shadows import MAX_SHADOWS
     if _SHADOWS.value < 1:
         fail(f"--shadows must be at least 1, got {_SHADOWS.value}")
@@ -88,12 +121,19 @@ def main(argv):
     # Everything that can be checked without TensorFlow is checked first: bad input fails in a
     # second, not after the few seconds TensorFlow takes to load. (The flags' bounds, workers
     # ≥ 1, finite positive pixel size, dose and electrons per pixel, were checked by absl.)
+    try:
+        check_radius(_RADIUS_MEAN.value, _RADIUS_SD.value)
+        particles = None if _PARTICLES.value is None else parse_particles(_PARTICLES.value)
+    except SampleSizeError as error:
+        fail(str(error))
     output = check_output_dir(_OUTPUT.value or _default_output(inputs))
     try:
         paths, notes = find_image_files(inputs)
         images, warnings = load_stem_images(paths, pixel_size_nm=_PIXEL_SIZE.value,
                                             electrons_per_pixel=_ELECTRONS.value,
-                                            dose=_DOSE.value)
+                                            dose=_DOSE.value, signal=_SIGNAL.value)
+        from hagg_tf.estimation.domain import refuse_if_cannot_show_aggregate
+        refuse_if_cannot_show_aggregate(images)
     except InputError as error:
         fail(str(error))
     try:
@@ -125,7 +165,9 @@ def main(argv):
         model = CharacterizeModel(version_dir)
         loaded = time.perf_counter()
         result = characterize(images, model=model, shadows=_SHADOWS.value, seed=_SEED.value,
-                              workers=_WORKERS.value, progress=not _QUIET.value,
+                              workers=_WORKERS.value, radius_mean_nm=_RADIUS_MEAN.value,
+                              radius_sd_nm=_RADIUS_SD.value, particles=particles,
+                              progress=not _QUIET.value,
                               runner=runner, beam_args=beam_args,
                               # a cluster's workers share the blocks through the output folder
                               shadow_work_dir=(None if runner in IN_PROCESS_RUNNERS
@@ -159,7 +201,8 @@ def main(argv):
         print(f"time: {total:.1f} s in all: check input {timings['check_input']:.1f}, import "
               f"TensorFlow {timings['import_tensorflow']:.1f}, load model "
               f"{timings['load_model']:.1f}, prepare {timings['prepare_images']:.1f}, networks "
-              f"{timings['networks']:.1f}, shadows {timings['shadows']:.1f}, write "
+              f"{timings['networks']:.1f}, particle sizes {timings['sample_size']:.1f}, shadows "
+              f"{timings['shadows']:.1f}, write "
               f"{time.perf_counter() - written:.1f}")
 
 

@@ -2,6 +2,7 @@
 
 Examples:
   hagg-generate-dataset --preset=paper --output=work/datasets/paper --workers=2
+  hagg-generate-dataset --preset=realistic --output=work/datasets/realistic --workers=2
   hagg-generate-dataset --preset=paper --output=/shared/paper --shard_index=7   # one shard
   hagg-generate-dataset --preset=tiny --output=work/datasets/tiny --tables=my_tables.csv
   hagg-generate-dataset --output=work/datasets/paper --verify_only
@@ -9,8 +10,11 @@ Examples:
   hagg-generate-dataset --output=/shared/paper --runner=FlinkRunner -- --flink_master=HOST:8081
 
 Presets: paper (324 triples × 2 θ_Df × 50 = 32 400 samples; train 17 490, validation 1 950
-(all T-draws of 65 whole θ), evaluation 12 960; 512 px), small (288 samples at 512 px, for benchmarks), tiny (48 samples at
-64 px, for tests). Sample i is a function of (--seed, i) alone, so the same settings give
+(all T-draws of 65 whole θ), evaluation 12 960; 512 px), realistic (the paper's design, each
+image under imaging conditions and particle sizes drawn from documented ranges: support film,
+detector gain/offset/read noise, focus, blur, scan jitter and drift, dose, pixel size, radius,
+particles per aggregate; stored in each record; see docs/data.md), small (288 samples at
+512 px, for benchmarks), tiny (48 samples at 64 px, for tests). Sample i is a function of (--seed, i) alone, so the same settings give
 byte-identical shards for any --workers and any split of the shards over runs or machines.
 Rerunning the same command resumes: finished shards are kept, unfinished ones are redone. The
 run that finds every shard finished writes manifest.json.
@@ -34,7 +38,7 @@ from hagg_tf.cli import (MAX_IMAGE_SIZE, check_output_dir, define_pixel_size,
 
 from hagg_tf.model.batch import default_workers
 
-_PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "small", "tiny"],
+_PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "realistic", "small", "tiny"],
                             "Database settings (see hagg_tf.data.design.PRESETS).")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "Database directory (default: work/datasets/<preset>).")

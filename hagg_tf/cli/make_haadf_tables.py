@@ -6,12 +6,21 @@ it stopped (finished tables are skipped). When all requested tables exist they a
 --output in the documented table format (hagg_tf/stem/tables.py), with provenance: settings,
 crystal data and sources, software versions, run times.
 
+The phase C/amorphous is the amorphous carbon support film (a seeded random structure,
+hagg_tf/stem/crystals.py; each phonon configuration is an independent structure). It has one
+table ("random" orientation) and is merged into its own file, --film_output, loaded by
+hagg_tf.stem.tables.load_film_table. An amorphous structure needs a larger box than a crystal:
+run it as its own command with its own --lateral_nm and --gpts (same sampling).
+
 Examples:
   nice -n 10 python tools/make_haadf_tables.py --workers=2 \
       --output=hagg_tf/stem/data/haadf_tables.csv
   python tools/make_haadf_tables.py --phases=WO3/gamma --orientations=tilt00.00 \
       --work_dir=work/stem/convergence_fine --lateral_nm=1.92 --gpts=768 --num_configs=4 \
       --num_positions=16 --defocus=-1000 --nomerge
+  nice -n 10 python tools/make_haadf_tables.py --phases=C/amorphous --lateral_nm=2.0 \
+      --gpts=800 --max_thickness_nm=40 --num_configs=10 --num_positions=8 \
+      --work_dir=work/stem/film_table --film_output=hagg_tf/stem/data/carbon_film_table.csv
   python tools/make_haadf_tables.py --compare=work/stem/haadf_tables/WO3_gamma_tilt00.00.json,\
 work/stem/convergence_fine/WO3_gamma_tilt00.00.json
 """
@@ -35,8 +44,12 @@ _WORK_DIR = flags.DEFINE_string("work_dir", "work/stem/haadf_tables",
                                 "Directory for the per-table JSON results (resume state).")
 _OUTPUT = flags.DEFINE_string("output", "work/stem/haadf_tables.csv",
                               "Merged table file (use hagg_tf/stem/data/haadf_tables.csv to ship).")
+_FILM_OUTPUT = flags.DEFINE_string(
+    "film_output", "work/stem/carbon_film_table.csv",
+    "Merged support-film table (C/amorphous; use hagg_tf/stem/data/carbon_film_table.csv to ship).")
 _PHASES = flags.DEFINE_list("phases", ["WO3/gamma", "WO3/delta", "TiO2/rutile", "TiO2/anatase"],
-                            "Phases to simulate, as material/phase.")
+                            "Phases to simulate, as material/phase (C/amorphous: the carbon "
+                            "support film, merged into --film_output).")
 _ORIENTATIONS = flags.DEFINE_list("orientations", None,
                                   "Orientation labels to simulate (default: all ten).")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Parallel processes (one table each).",
@@ -77,15 +90,21 @@ def _worker(job: tuple) -> tuple[str, float]:
 
     from hagg_tf.stem import crystals, multislice
     abtem.config.set({"fftw.threads": 1, "mkl.threads": 1})
-    phase = crystals.PHASES[phase_key]
-    unit_cell = None
-    if structure_file:
-        import ase.io
-        unit_cell = ase.io.read(structure_file)
-    orientation = {o.label: o for o in multislice.orientations(phase)}[orientation_label]
+    cpu_started = time.process_time()
     settings = multislice.MultisliceSettings(**settings_dict)
-    result = multislice.simulate_thickness_series(phase, orientation, settings, unit_cell=unit_cell)
+    if phase_key in crystals.AMORPHOUS_PHASES:
+        result = multislice.simulate_film_series(crystals.AMORPHOUS_PHASES[phase_key], settings)
+    else:
+        phase = crystals.PHASES[phase_key]
+        unit_cell = None
+        if structure_file:
+            import ase.io
+            unit_cell = ase.io.read(structure_file)
+        orientation = {o.label: o for o in multislice.orientations(phase)}[orientation_label]
+        result = multislice.simulate_thickness_series(phase, orientation, settings,
+                                                      unit_cell=unit_cell)
     result["finished_at"] = time.time()
+    result["cpu_s"] = time.process_time() - cpu_started
     result["structure_file"] = structure_file
     multislice.write_json_atomic(path, result)
     return f"{phase_key}/{orientation_label}", result["runtime_s"]
@@ -172,6 +191,51 @@ def _merge(work_dir: Path, jobs: list[tuple], output: Path) -> None:
           f"sum of per-table run times {provenance['sum_of_table_run_times_s']:.0f} s)")
 
 
+def _merge_film(result_path: Path, output: Path) -> None:
+    """Write the support-film result as its own table file (read back by load_film_table)."""
+    import numpy as np
+
+    from hagg_tf.stem import multislice, tables
+    r = json.loads(result_path.read_text())
+    table = tables.HaadfTable(r["material"], tables.FILM_LABEL, r["phase"], r["orientation"],
+                              np.asarray(r["thickness_nm"]),
+                              np.clip(np.asarray(r["intensity"]), 0.0, None))
+    runs = r["settings"]["num_configs"] * r["settings"]["num_positions"]
+    provenance = {
+        "generator": "tools/make_haadf_tables.py --phases=C/amorphous (hagg_tf.stem.multislice."
+                     "simulate_film_series, abTEM frozen phonons)",
+        "settings": r["settings"],
+        "detector": {"intensity": "measured Spectra 300 sensitivity curve "
+                                  "(hagg_tf/stem/data/haadf_detector_sensitivity.txt)",
+                     "intensity_flat": "flat annulus 55-250 mrad"},
+        "software": multislice.software_versions(),
+        "structure": dict(r["crystal"], box_angstrom=r["box_angstrom"],
+                          atoms_per_structure=r["num_atoms"],
+                          structure_seeds=r["structure_seeds"]),
+        "gpts": r["gpts"],
+        "runs": f"{r['settings']['num_configs']} independent structures x "
+                f"{r['settings']['num_positions']} probe positions = {runs}",
+        "wall_time_s": round(r["runtime_s"], 1),
+        "cpu_time_s": round(r["cpu_s"], 1) if "cpu_s" in r else None,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r["finished_at"])),
+    }
+    extra = {name: [np.asarray(r[name])]
+             for name in ("intensity_flat", "intensity_sem", "intensity_flat_sem")}
+    comments = ["Support film: amorphous carbon, computed by tools/make_haadf_tables.py "
+                "--phases=C/amorphous with abTEM (frozen-phonon multislice over independent "
+                "random structures); settings, structure, versions and run time in the provenance "
+                "line.",
+                "Columns: intensity = detector with the measured sensitivity curve; "
+                "intensity_flat = flat 55-250 mrad annulus; *_sem = standard error over all "
+                "(structure, probe position) runs."]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_suffix(output.suffix + ".tmp")
+    temporary.write_text(tables.tables_text([table], provenance, extra, comments))
+    os.replace(temporary, output)
+    tables.load_film_table(output)  # the merged file must pass the public loader
+    print(f"merged the support-film table into {output} (run time {r['runtime_s']:.0f} s)")
+
+
 def main(argv):
     reject_extra_arguments(argv)
     if _COMPARE.value:
@@ -181,20 +245,24 @@ def main(argv):
         return 0
     if not _MERGE_ONLY.value:
         check_output_dir(_WORK_DIR.value, "--work_dir")
-    if _MERGE.value or _MERGE_ONLY.value:
-        check_output_file(_OUTPUT.value)
     try:
         from hagg_tf.stem import crystals, multislice
     except ImportError as error:
         fail(f"the table tool needs the 'physics' extra (abtem, ase): {error}")
-    unknown = [key for key in _PHASES.value if key not in crystals.PHASES]
+    known = {**crystals.PHASES, **crystals.AMORPHOUS_PHASES}
+    unknown = [key for key in _PHASES.value if key not in known]
     if unknown:
-        fail(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(crystals.PHASES)}")
+        fail(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if _MERGE.value or _MERGE_ONLY.value:
+        if any(key in crystals.PHASES for key in _PHASES.value):
+            check_output_file(_OUTPUT.value)
+        if any(key in crystals.AMORPHOUS_PHASES for key in _PHASES.value):
+            check_output_file(_FILM_OUTPUT.value, "--film_output")
     structure_files = {}
     for item in _STRUCTURE_FILES.value:
         key, _, path = item.partition("=")
         if key not in crystals.PHASES or not path:
-            fail(f"--structure_files entry {item!r} must be material/phase=path")
+            fail(f"--structure_files entry {item!r} must be material/phase=path (a crystal phase)")
         if not Path(path).is_file():
             fail(f"{path}: structure file not found")
         structure_files[key] = str(Path(path).resolve())
@@ -210,7 +278,10 @@ def main(argv):
     work_dir = Path(_WORK_DIR.value)
     jobs = []
     for key in _PHASES.value:
-        available = [o.label for o in multislice.orientations(crystals.PHASES[key])]
+        if key in crystals.AMORPHOUS_PHASES:
+            available = [multislice.FILM_ORIENTATION]
+        else:
+            available = [o.label for o in multislice.orientations(crystals.PHASES[key])]
         wanted = _ORIENTATIONS.value or available
         bad = [label for label in wanted if label not in available]
         if bad:
@@ -247,7 +318,12 @@ def main(argv):
         print(f"{len(missing)} tables still missing; not merging", flush=True)
         return 1 if _MERGE_ONLY.value else 0
     if _MERGE.value or _MERGE_ONLY.value:
-        _merge(work_dir, jobs, Path(_OUTPUT.value))
+        film_jobs = [job for job in jobs if job[0] in crystals.AMORPHOUS_PHASES]
+        crystal_jobs = [job for job in jobs if job[0] not in crystals.AMORPHOUS_PHASES]
+        if crystal_jobs:
+            _merge(work_dir, crystal_jobs, Path(_OUTPUT.value))
+        for job in film_jobs:
+            _merge_film(Path(job[-1]), Path(_FILM_OUTPUT.value))
     return 0
 
 

@@ -11,6 +11,13 @@ Examples:
   python tools/simulate_stem.py --theta=1.8,0.5,3,2 --count=12 --seed=1 --output=work/stem/images
   python tools/simulate_stem.py --aggregates='work/aggregates/*.npz' --workers=2
   python tools/simulate_stem.py --theta=2.0,0.3,1,4 --tables=my_stemsim_tables.csv
+  python tools/simulate_stem.py --theta=1.8,0.5,3,2 --conditions=film_thickness_nm=5,read_noise=3
+
+--conditions sets the imaging conditions of hagg_tf.stem.ImagingConditions (support film,
+detector gain/offset/read noise, focus, probe blur, scan jitter and drift, dose, pixel size) as
+name=value pairs, e.g. --conditions=film_thickness_nm=15,dark_offset=100,drift_nm=2,-1, or as
+the JSON object an image's metadata stores under "conditions". --dose, --pixel_size_nm and
+--focal_plane_nm set the same things: give each in one place only.
 """
 
 from __future__ import annotations
@@ -52,6 +59,15 @@ _FOCAL = define_float("focal_plane_nm", 0.0, "Focal plane height above the centr
 _SCAN_NOISE = define_float("scan_noise_nm", render_module.DEFAULT_SCAN_NOISE_NM,
                            "Probe displacement s.d., nm.", lower_bound=0.0)
 _SHOT_NOISE = flags.DEFINE_boolean("shot_noise", True, "Poisson shot noise.")
+_FILM_TABLE = flags.DEFINE_string("film_table", None,
+                                  "Support-film HAADF table file, used with "
+                                  "--conditions=film_thickness_nm=... (default: the shipped "
+                                  "abTEM amorphous-carbon table).")
+_CONDITIONS = flags.DEFINE_string(
+    "conditions", None,
+    "Imaging conditions as name=value pairs separated by commas (drift_nm takes x,y) or a JSON "
+    "object; names: film_thickness_nm, gain, dark_offset, read_noise, focal_plane_offset_nm, "
+    "probe_blur_nm, line_jitter_nm, drift_nm, dose, pixel_size_nm (docs/stem.md).")
 _SAVE_AGGREGATES = flags.DEFINE_boolean("save_aggregates", True,
                                         "With --theta, also save each aggregate (.npz).")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Processes.", lower_bound=1)
@@ -93,6 +109,29 @@ def _render_job(job: dict) -> dict:
     path = write_stem_png(out_dir / f"{job['name']}.png", image)
     return {"path": str(path), "particles_outside": image.metadata["particles_outside"],
             "saturated": image.metadata["saturated_pixels"]}
+
+
+# The flags that set a field of the imaging conditions too: (flag, render_stem argument, field).
+_CONDITION_FLAGS = (("dose", "dose", "dose"), ("pixel_size_nm", "pixel_size_nm", "pixel_size_nm"),
+                    ("focal_plane_nm", "focal_plane_nm", "focal_plane_offset_nm"))
+
+
+def _with_conditions(render_kwargs: dict, text: str) -> dict:
+    """The render arguments with --conditions parsed; --dose & co. become their defaults."""
+    from hagg_tf.stem.conditions import ConditionsError, ImagingConditions, parse_condition_changes
+    try:
+        changes = parse_condition_changes(text)
+        conditions = ImagingConditions(**{field: render_kwargs[argument]
+                                          for _, argument, field in _CONDITION_FLAGS}
+                                       ).replace(**changes)
+    except ConditionsError as error:
+        raise InputError(f"--conditions: {error}")
+    for flag, _, field in _CONDITION_FLAGS:
+        if flags.FLAGS[flag].present and field in changes:
+            raise InputError(f"--{flag} and --conditions both set {field}; give it in one place")
+    render_kwargs = {key: value for key, value in render_kwargs.items()
+                     if key not in {argument for _, argument, _ in _CONDITION_FLAGS}}
+    return dict(render_kwargs, conditions=conditions)
 
 
 def _load_files(files: list[str]) -> list[tuple[str, object]]:
@@ -150,6 +189,17 @@ def main(argv):
         render_kwargs = dict(pixel_size_nm=_PIXEL.value, image_size=_SIZE.value, dose=_DOSE.value,
                              focal_plane_nm=_FOCAL.value, scan_noise_nm=_SCAN_NOISE.value,
                              shot_noise=_SHOT_NOISE.value)
+        if _CONDITIONS.value is not None:
+            render_kwargs = _with_conditions(render_kwargs, _CONDITIONS.value)
+            if render_kwargs["conditions"].film_thickness_nm > 0:
+                from hagg_tf.stem.tables import load_film_table
+                column = "intensity" if _DETECTOR.value == "sensitivity" else "intensity_flat"
+                try:
+                    render_kwargs["film_table"] = load_film_table(_FILM_TABLE.value, column=column)
+                except TableError as error:
+                    raise InputError(str(error))
+        elif _FILM_TABLE.value is not None:
+            raise InputError("--film_table needs --conditions=film_thickness_nm=...")
         common = {"save_aggregate": _SAVE_AGGREGATES.value, "out_dir": str(out_dir),
                   "render": render_kwargs}
         jobs = []

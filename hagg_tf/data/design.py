@@ -90,6 +90,13 @@ class DatasetConfig:
         dose: electron dose, e/Å².
         num_shards: shards per split.
         min_size, max_size: the generator's target particle count range.
+        conditions: None (the paper's idealized images), or the name of the domain
+            randomization ranges (`hagg_tf.data.randomization.CONDITION_RANGES`, e.g.
+            ``"realistic"``): every sample then draws its imaging conditions and particle size
+            distribution from them (`draw_conditions`), so ``dose``, ``min_size`` and
+            ``max_size`` are not used; the images are rendered at the drawn pixel size over
+            the grid's field of view and resampled to the grid (``image_size`` pixels of
+            `effective_pixel_size_nm`).
     """
 
     seed: int = 0
@@ -106,6 +113,7 @@ class DatasetConfig:
     num_shards: int = 32
     min_size: int = 20
     max_size: int = 80
+    conditions: str | None = None
 
     def __post_init__(self):
         if self.triples is not None:
@@ -152,6 +160,10 @@ class DatasetConfig:
         if self.num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
         GeneratorConfig(min_size=self.min_size, max_size=self.max_size)  # validates the range
+        if self.conditions is not None:
+            from hagg_tf.data.randomization import condition_ranges
+
+            condition_ranges(self.conditions)  # raises ValueError naming the known ones
 
     @property
     def train_per_theta(self) -> int:
@@ -179,6 +191,16 @@ class DatasetConfig:
         values = dataclasses.asdict(self)
         values["triples"] = None if self.triples is None else [list(t) for t in self.triples]
         values["effective_pixel_size_nm"] = self.effective_pixel_size_nm
+        if self.conditions is None:
+            # Absent, not null: the settings (and their sha256) of databases made before the
+            # field existed, the paper preset's among them, stay what they were.
+            del values["conditions"]
+        else:
+            from hagg_tf.data.randomization import condition_ranges
+
+            # The ranges themselves, so that a database made with other ranges under the same
+            # name is caught on resume.
+            values["condition_ranges"] = condition_ranges(self.conditions).to_dict()
         return values
 
     @classmethod
@@ -194,7 +216,9 @@ class DatasetConfig:
 
 
 #: Named settings. ``paper`` is the database of Sec. 2.3; ``tiny`` is for tests (seconds);
-#: ``small`` is a 512-pixel sample for benchmarks of the input pipeline.
+#: ``small`` is a 512-pixel sample for benchmarks of the input pipeline; ``realistic`` is the
+#: paper's design with every image under randomly drawn imaging conditions and particle sizes
+#: (`hagg_tf.data.randomization`; ``preset("tiny", conditions="realistic")`` is its test size).
 PRESETS = {
     "paper": DatasetConfig(),
     "tiny": DatasetConfig(triples=((0.9, 1, 6), (0.5, 3, 3), (0.1, 6, 1)),
@@ -204,6 +228,7 @@ PRESETS = {
                                     (0.1, 6, 1), (0.5, 6, 6)),
                            samples_per_theta=24, evaluation_per_theta=8, validation_thetas=2,
                            min_per_theta=8, num_shards=4),
+    "realistic": DatasetConfig(conditions="realistic"),
 }
 
 

@@ -69,6 +69,10 @@ _PARSE_SPEC = {
     "image/height": tf.io.FixedLenFeature([], tf.int64),
     "image/width": tf.io.FixedLenFeature([], tf.int64),
     "image/electrons_per_pixel": tf.io.FixedLenFeature([], tf.float32),
+    # Records with drawn imaging conditions only (`hagg_tf.data.records`); 0 elsewhere, where
+    # the black level is 0 and the beam level is the electrons per pixel.
+    "image/dark_level": tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
+    "image/beam_level": tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
 }
 
 
@@ -182,11 +186,20 @@ def _decode(png, file, index, height: int, width: int):
 
 
 def _prepare_image(png, file, index, electrons_per_pixel, seed, source: _Source,
-                   augmentation: Augmentation, inversion_threshold):
+                   augmentation: Augmentation, inversion_threshold, dark_level=0.0,
+                   beam_level=0.0):
+    """Decoded, augmented, preprocessed (H, W, 1) image of one record.
+
+    The intensity the 1/p inversion thresholds is (counts − dark_level) / beam_level, the
+    quantitative-STEM normalization; ``beam_level`` 0 (records without drawn conditions) means
+    ``electrons_per_pixel`` and a black level of 0, i.e. p = counts / electrons_per_pixel. The
+    subtraction changes nothing else: the min–max scaling that follows ignores offsets.
+    """
     image = _decode(png, file, index, source.height, source.width)
     if augmentation.enabled:
         image = augment_image(image, seed, augmentation)
-    image = preprocess_images(image, electrons_per_pixel, inversion_threshold=inversion_threshold)
+    beam = tf.where(beam_level > 0, beam_level, electrons_per_pixel)
+    image = preprocess_images(image - dark_level, beam, inversion_threshold=inversion_threshold)
     return image[:, :, tf.newaxis]
 
 
@@ -353,7 +366,8 @@ def _single_image_pipeline(source: _Source, target_key: str, training: bool, bat
         image = _prepare_image(element["image/png"], element["file"], element["index"],
                                element["image/electrons_per_pixel"],
                                sample_seed(seed, epoch, position), source, augmentation,
-                               threshold)
+                               threshold, element["image/dark_level"],
+                               element["image/beam_level"])
         label = tf.reshape(tf.cast(element[target_key], tf.float32), [1])
         if not with_info:
             return image, label
@@ -408,7 +422,7 @@ def multi_image_dataset(path, target: str = "wo3_cluster_size", split="train", *
         if per_epoch == 0:
             raise ValueError(f"an epoch holds fewer samples than one batch of {batch_size}")
     compact_keys = ("image/png", "file", "index", "theta_id", "theta",
-                    "image/electrons_per_pixel")
+                    "image/electrons_per_pixel", "image/dark_level", "image/beam_level")
 
     def epoch_stream(epoch):
         records = _records(source, epoch, seed, training, parallel_reads)
@@ -429,7 +443,8 @@ def multi_image_dataset(path, target: str = "wo3_cluster_size", split="train", *
             return _prepare_image(group["image/png"][slot], group["file"][slot],
                                   group["index"][slot], group["image/electrons_per_pixel"][slot],
                                   sample_seed(seed, epoch, position, slot), source, augmentation,
-                                  threshold)
+                                  threshold, group["image/dark_level"][slot],
+                                  group["image/beam_level"][slot])
 
         images = tf.map_fn(one, slots, fn_output_signature=tf.TensorSpec(
             [source.height, source.width, 1], tf.float32))

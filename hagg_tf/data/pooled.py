@@ -106,8 +106,13 @@ def pool_samples(samples, pooling: int) -> dict:
     plain, inverted, labels = [], [], {key: [] for key in LABEL_KEYS}
     for sample in samples:
         electrons = sample.electrons_per_pixel
-        plain.append(pool_sums(preprocess_levels(sample.counts, electrons, False), pooling))
-        inverted.append(pool_sums(preprocess_levels(sample.counts, electrons, True), pooling))
+        # (counts − dark) / beam as the tf.data pipeline computes it (float32, same order); the
+        # paper's records have dark 0 and beam = electrons per pixel.
+        counts = sample.counts
+        if sample.dark_level:
+            counts = counts.astype(np.float32) - np.float32(sample.dark_level)
+        plain.append(pool_sums(preprocess_levels(counts, sample.beam_level, False), pooling))
+        inverted.append(pool_sums(preprocess_levels(counts, sample.beam_level, True), pooling))
         descriptors = sample.descriptors
         labels["record_index"].append(sample.index)
         labels["theta_id"].append(sample.theta_id)

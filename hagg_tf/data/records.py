@@ -37,6 +37,23 @@ image/dose_e_per_A2         float      electron dose, e/Å²
 image/metadata              bytes      the renderer's metadata as JSON (exact floats)
 ==========================  =========  =====================================================
 
+Records of a database with drawn imaging conditions (``DatasetConfig.conditions``, the
+``realistic`` preset) hold four more (`CONDITION_FEATURE_KEYS`); the image is then stored on
+the database's grid after resampling from the acquisition pixel size, and the ``image/…``
+features above describe the grid:
+
+===============================  =====  ===========================================================
+key                              type   content
+===============================  =====  ===========================================================
+conditions/json                  bytes  JSON ``{"imaging": ImagingConditions.to_dict(), "generator":
+                                        {radius_mean, radius_std, min_size, max_size}}``: the drawn
+                                        conditions (acquisition pixel size and dose included)
+image/dark_level                 float  counts of the detector's black level on the grid
+image/beam_level                 float  counts of the unscattered beam minus the black level, on
+                                        the grid; intensity = (counts − dark) / beam
+image/acquisition_pixel_size_nm  float  pixel edge of the rendered (acquired) image, nm
+===============================  =====  ===========================================================
+
 The payload of a record (`compute_sample`) is computed without TensorFlow, so the generation
 workers stay light; only the process that writes the shards imports TensorFlow to serialise.
 Serialisation is deterministic (map fields sorted), so a shard's bytes depend only on its
@@ -65,6 +82,8 @@ DESCRIPTOR_FIELDS = ("mixing_ratio", "radius_of_gyration", "fractal_dimension",
                      "total_coordination")
 #: zlib level of the PNGs: 6 is Pillow's default (smaller than 1–3 and about as fast here).
 PNG_COMPRESS_LEVEL = 6
+#: zlib level of the PNGs of records with drawn imaging conditions (`encode_noisy_png16`).
+NOISY_PNG_COMPRESS_LEVEL = 1
 
 FEATURE_KEYS = (
     "index", "seed", "split", "theta_id", "theta", "theta/float64",
@@ -75,6 +94,9 @@ FEATURE_KEYS = (
     "image/png", "image/height", "image/width", "image/electrons_per_pixel",
     "image/pixel_size_nm", "image/dose_e_per_A2", "image/metadata",
 )
+#: The extra features of records with drawn imaging conditions (see the module docstring).
+CONDITION_FEATURE_KEYS = ("conditions/json", "image/dark_level", "image/beam_level",
+                          "image/acquisition_pixel_size_nm")
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,6 +113,8 @@ class Sample:
         counts: (H, W) uint16 detector counts.
         metadata: the renderer's metadata dict.
         png: the PNG bytes of ``counts`` as stored.
+        conditions: the drawn conditions (``{"imaging": …, "generator": …}``) of a record
+            with drawn imaging conditions, else None.
     """
 
     index: int
@@ -102,6 +126,7 @@ class Sample:
     counts: np.ndarray
     metadata: dict
     png: bytes = b""
+    conditions: dict | None = None
 
     @property
     def theta(self) -> ModelParameters:
@@ -110,6 +135,17 @@ class Sample:
     @property
     def electrons_per_pixel(self) -> float:
         return float(self.metadata["electrons_per_pixel"])
+
+    @property
+    def dark_level(self) -> float:
+        """Counts of the detector's black level (0 for the paper's images)."""
+        return float(self.metadata.get("dark_level", 0.0))
+
+    @property
+    def beam_level(self) -> float:
+        """Counts of the unscattered beam minus the black level (the paper's images: the
+        electrons per pixel): intensity = (counts − `dark_level`) / beam_level."""
+        return float(self.metadata.get("beam_level", self.metadata["electrons_per_pixel"]))
 
 
 def encode_png16(counts: np.ndarray) -> bytes:
@@ -120,6 +156,42 @@ def encode_png16(counts: np.ndarray) -> bytes:
     if counts.dtype != np.uint16 or counts.ndim != 2:
         raise ValueError(f"counts must be a 2-D uint16 array, got {counts.dtype} {counts.shape}")
     return iio.imwrite("<bytes>", counts, extension=".png", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def encode_noisy_png16(counts: np.ndarray) -> bytes:
+    """16-bit greyscale PNG bytes of (H, W) uint16 counts whose background is noise (lossless).
+
+    For images with noise over the whole field (drawn imaging conditions), where Pillow's
+    per-row filter search and zlib's match search cost most of the time and gain little: every
+    row gets the PNG "Up" filter (difference to the row above, byte-wise, modulo 256) and zlib
+    runs at level `NOISY_PNG_COMPRESS_LEVEL` with its run-length strategy: faster than Pillow
+    at level 1 and no larger on such images (measured in docs/data.md, "The realistic
+    preset"). The chunks are the minimal PNG: IHDR (16-bit
+    greyscale, not interlaced), one IDAT, IEND; any PNG reader decodes them (`decode_png16`,
+    ``tf.io.decode_png``).
+    """
+    import struct
+    import zlib
+
+    counts = np.asarray(counts)
+    if counts.dtype != np.uint16 or counts.ndim != 2:
+        raise ValueError(f"counts must be a 2-D uint16 array, got {counts.dtype} {counts.shape}")
+    height, width = counts.shape
+    rows = np.ascontiguousarray(counts, dtype=">u2").view(np.uint8).reshape(height, 2 * width)
+    filtered = np.empty((height, 2 * width + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "Up"
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256
+    compressor = zlib.compressobj(NOISY_PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = compressor.compress(filtered.tobytes()) + compressor.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
 
 
 def decode_png16(data: bytes) -> np.ndarray:
@@ -160,6 +232,8 @@ class SampleTask:
     min_size: int
     max_size: int
     tables_path: str | None
+    #: Name of the domain randomization ranges (`DatasetConfig.conditions`), or None.
+    conditions: str | None = None
 
 
 def compute_sample(task: SampleTask) -> dict:
@@ -171,6 +245,8 @@ def compute_sample(task: SampleTask) -> dict:
     from hagg_tf.model.generator import sample_aggregate
     from hagg_tf.stem import render_stem
 
+    if task.conditions is not None:
+        return _compute_randomized_sample(task)
     params = ModelParameters(*task.theta)
     config = GeneratorConfig(min_size=task.min_size, max_size=task.max_size)
     aggregate = sample_aggregate(params, task.seed, task.index, config)
@@ -182,6 +258,74 @@ def compute_sample(task: SampleTask) -> dict:
             "png": encode_png16(image.counts), "height": int(image.counts.shape[0]),
             "width": int(image.counts.shape[1]),
             "metadata_json": json.dumps(image.metadata, sort_keys=True)}
+
+
+def _compute_randomized_sample(task: SampleTask) -> dict:
+    """`compute_sample` with imaging conditions and generator settings drawn from (seed, i).
+
+    The image is rendered at the drawn acquisition pixel size over the grid's field of view
+    and resampled to the grid (``task.image_size`` pixels of ``task.pixel_size_nm``) with
+    `hagg_tf.stem.resample.resample`, the resampling of a user's image at inference; the
+    resampled counts are rounded to integers (16-bit; the quantisation, s.d. 0.29 counts, is far
+    below the noise). Resampling keeps the dose per area, so on the grid the electrons per
+    pixel, the black level and the beam level all scale with the pixel area.
+    """
+    from hagg_tf.data.randomization import (acquisition_pixels, condition_ranges,
+                                            draw_conditions, generator_settings)
+    from hagg_tf.model.generator import sample_aggregate
+    from hagg_tf.stem import render_stem
+    from hagg_tf.stem.render import MAX_COUNT
+    from hagg_tf.stem.resample import resample
+
+    imaging, generator = draw_conditions(task.seed, task.index, condition_ranges(task.conditions),
+                                         image_size=task.image_size,
+                                         grid_pixel_size_nm=task.pixel_size_nm)
+    aggregate = sample_aggregate(ModelParameters(*task.theta), task.seed, task.index, generator)
+    field_of_view = task.image_size * task.pixel_size_nm
+    acquired_size = acquisition_pixels(field_of_view, imaging.pixel_size_nm)
+    # Pixel size, dose and focus come from the conditions.
+    image = render_stem(aggregate, seed=task.seed, index=task.index,
+                        tables=_tables(task.tables_path), image_size=acquired_size,
+                        conditions=imaging)
+    acquired = image.metadata
+    electrons = float(acquired["electrons_per_pixel"])
+    # Drawn conditions equal to the defaults (possible in principle) add no levels: a plain image.
+    dark = float(acquired.get("dark_level", 0.0))
+    beam = float(acquired.get("beam_level", electrons))
+    clipped = 0
+    if acquired_size == task.image_size:
+        counts, area_ratio = image.counts, 1.0
+    else:
+        zoom = task.image_size / acquired_size
+        resampled, electrons = resample(image.counts, electrons, zoom)
+        area_ratio = 1.0 / zoom ** 2
+        counts = np.rint(resampled)
+        clipped = int(np.count_nonzero(counts > MAX_COUNT))
+        counts = np.minimum(counts, MAX_COUNT).astype(np.uint16)
+    metadata = dict(acquired)
+    metadata.update({
+        "pixel_size_nm": float(task.pixel_size_nm),
+        "image_size": [task.image_size, task.image_size],
+        "electrons_per_pixel": float(electrons),
+        "dark_level": dark * area_ratio,
+        "beam_level": beam * area_ratio,
+        "conditions": imaging.to_dict(),
+        "generator": generator_settings(generator),
+        "acquisition": {"pixel_size_nm": float(imaging.pixel_size_nm),
+                        "image_size": [acquired_size, acquired_size],
+                        "electrons_per_pixel": float(acquired["electrons_per_pixel"]),
+                        "dark_level": dark, "beam_level": beam,
+                        "resampled": acquired_size != task.image_size,
+                        "clipped_after_resampling": clipped},
+    })
+    conditions_json = json.dumps({"imaging": imaging.to_dict(),
+                                  "generator": generator_settings(generator)}, sort_keys=True)
+    return {"index": task.index, "seed": task.seed, "theta_id": task.theta_id,
+            "aggregate": aggregate, "descriptors": describe(aggregate),
+            "png": encode_noisy_png16(counts),
+            "height": int(counts.shape[0]), "width": int(counts.shape[1]),
+            "metadata_json": json.dumps(metadata, sort_keys=True),
+            "conditions_json": conditions_json}
 
 
 def _little_endian(array: np.ndarray, dtype: str) -> bytes:
@@ -235,7 +379,16 @@ def encode_example(payload: dict, split: str) -> bytes:
         "image/dose_e_per_A2": floats(metadata["dose_e_per_A2"]),
         "image/metadata": raw(payload["metadata_json"].encode()),
     }
-    assert set(feature) == set(FEATURE_KEYS)
+    expected_keys = FEATURE_KEYS
+    if "conditions_json" in payload:
+        feature.update({
+            "conditions/json": raw(payload["conditions_json"].encode()),
+            "image/dark_level": floats(metadata["dark_level"]),
+            "image/beam_level": floats(metadata["beam_level"]),
+            "image/acquisition_pixel_size_nm": floats(metadata["acquisition"]["pixel_size_nm"]),
+        })
+        expected_keys = FEATURE_KEYS + CONDITION_FEATURE_KEYS
+    assert set(feature) == set(expected_keys)
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -289,6 +442,8 @@ def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
         height, width = one_int("image/height"), one_int("image/width")
         split, theta_id = raw("split").decode(), one_int("theta_id")
         metadata = json.loads(raw("image/metadata"))
+        conditions = (json.loads(raw("conditions/json")) if "conditions/json" in features
+                      else None)
     # A damaged PNG raises OSError or SyntaxError (Pillow), bad text UnicodeDecodeError or
     # JSONDecodeError (both ValueErrors).
     except (DecodeError, IndexError, ValueError, KeyError, OSError, SyntaxError) as error:
@@ -297,7 +452,8 @@ def decode_example(serialized: bytes, source: str = "<record>") -> Sample:
         raise RecordError(f"{source}: record {index} holds a {counts.shape} image, its header "
                           f"says {(height, width)}")
     return Sample(index=index, seed=seed, split=split, theta_id=theta_id, aggregate=aggregate,
-                  descriptors=descriptors, counts=counts, metadata=metadata, png=png)
+                  descriptors=descriptors, counts=counts, metadata=metadata, png=png,
+                  conditions=conditions)
 
 
 #: Added to the rotated CRC-32C in the TFRecord format ("masked" CRCs, see `masked_crc32c`).

@@ -37,8 +37,8 @@ import numpy as np
 from hagg_tf.data.design import SPLITS, DatasetConfig, DatasetDesign, build_design, check_split_rule
 from hagg_tf.data.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, SETTINGS_NAME,
                                    DatasetError, file_sha256, json_sha256)
-from hagg_tf.data.records import (DESCRIPTOR_FIELDS, FEATURE_KEYS, SampleTask, compute_sample,
-                                  encode_example)
+from hagg_tf.data.records import (CONDITION_FEATURE_KEYS, DESCRIPTOR_FIELDS, FEATURE_KEYS,
+                                  SampleTask, compute_sample, encode_example)
 from hagg_tf.model.io import atomic_write
 from hagg_tf.model.workers import bound_to_parent, process_alive
 
@@ -89,6 +89,14 @@ def _tables_settings(tables_path: str | None) -> dict:
             "tables": len(tables)}
 
 
+def _film_table_settings() -> dict:
+    """Source and sha256 of the shipped carbon film table (drawn conditions add a film)."""
+    from hagg_tf.stem.tables import SHIPPED_FILM_TABLE, load_film_table
+
+    table = load_film_table()
+    return {"source": f"shipped:hagg_tf/stem/data/{SHIPPED_FILM_TABLE}", "sha256": table.sha256}
+
+
 def dataset_settings(config: DatasetConfig, tables_path: str | None = None) -> dict:
     """The settings block (config + tables) whose hash identifies a database's content."""
     from hagg_tf.stem import DEFAULT_SCAN_NOISE_NM, DEFAULT_SEMIANGLE_MRAD
@@ -98,6 +106,10 @@ def dataset_settings(config: DatasetConfig, tables_path: str | None = None) -> d
                 "renderer": {"semiangle_mrad": DEFAULT_SEMIANGLE_MRAD,
                              "scan_noise_nm": DEFAULT_SCAN_NOISE_NM, "focal_plane_nm": 0.0,
                              "shot_noise": True}}
+    if config.conditions is not None:
+        # Only with drawn conditions (the paper's settings stay as they were): the support
+        # film's table is then part of every image.
+        settings["film_table"] = _film_table_settings()
     settings["settings_sha256"] = json_sha256(settings)
     return settings
 
@@ -128,10 +140,13 @@ def _check_settings(output: Path, settings: dict) -> None:
         except (OSError, json.JSONDecodeError) as error:
             raise DatasetError(f"{path}: unreadable ({error})") from None
         if existing.get("settings_sha256") != settings["settings_sha256"]:
-            changed = sorted(key for key in settings["config"]
-                             if existing.get("config", {}).get(key) != settings["config"][key])
+            old_config = existing.get("config", {})
+            changed = sorted(key for key in set(settings["config"]) | set(old_config)
+                             if old_config.get(key) != settings["config"].get(key))
             if existing.get("tables") != settings["tables"]:
                 changed.append("HAADF tables")
+            if existing.get("film_table") != settings.get("film_table"):
+                changed.append("film table")
             raise DatasetError(f"{path}: the directory holds a database with other settings "
                                f"(differs in: {', '.join(changed) or 'format'}); use a fresh "
                                "output directory")
@@ -303,7 +318,8 @@ def sample_tasks(design: DatasetDesign, indices: Iterable[int],
                        seed=config.seed, image_size=config.image_size,
                        pixel_size_nm=config.effective_pixel_size_nm, dose=config.dose,
                        min_size=config.min_size, max_size=config.max_size,
-                       tables_path=None if tables_path is None else str(tables_path))
+                       tables_path=None if tables_path is None else str(tables_path),
+                       conditions=config.conditions)
             for index in indices]
 
 
@@ -428,12 +444,17 @@ def write_manifest_if_complete(output: Path, design: DatasetDesign, settings: di
         "theta_fields": ["fractal_dimension", "mixing_ratio", "wo3_cluster_size",
                          "tio2_cluster_size"],
         "min_per_theta": config.min_per_theta,
-        "feature_keys": list(FEATURE_KEYS),
+        "feature_keys": list(FEATURE_KEYS) + (
+            [] if config.conditions is None else list(CONDITION_FEATURE_KEYS)),
         "descriptor_fields": list(DESCRIPTOR_FIELDS),
         "splits": splits,
         # Sum over shards of the wall time each took to write (with its run's workers).
         "shard_wall_seconds": round(shard_seconds, 1),
     }
+    if config.conditions is not None:
+        # Dose and acquisition pixel size differ per record (their ``conditions/json``); the
+        # image block then describes the grid only.
+        manifest["image"].update({"dose_e_per_A2": None, "conditions": config.conditions})
     _write_json(output / MANIFEST_NAME, manifest)
     manifest["_directory"] = str(output)
     return manifest

@@ -5,9 +5,13 @@
 1. read and check the images (:mod:`hagg_tf.estimation.images`), resample them to the networks'
    pixel size and pad/crop them to their input size;
 2. estimate θ̂ = (θ̂_Df, θ̂_ρ, θ̂_0, θ̂_1) with the composite SavedModel, all five networks in one
-   graph (:mod:`hagg_tf.export.characterize`, estimators of :mod:`hagg_tf.estimation.estimators`);
+   graph (:mod:`hagg_tf.export.characterize`, estimators of :mod:`hagg_tf.estimation.estimators`),
+   and compare the images and the raw θ̂ with the networks' training domain, with a warning for
+   whatever lies outside it (:mod:`hagg_tf.estimation.domain`);
 3. draw M digital shadows from θ̂ (clipped into the model's domain, see
-   :meth:`ThetaEstimate.shadow_parameters`) and report the mean ± s.d. of their S_TiO2,
+   :meth:`ThetaEstimate.shadow_parameters`), with the sample's particle radius distribution
+   and particles per aggregate, measured on the images or given
+   (:mod:`hagg_tf.estimation.sample_size`), and report the mean ± s.d. of their S_TiO2,
    Z_hetero and Z_total (Sec. 3.4.1; S_TiO2 over the shadows that contain TiO2). The shadows
    are streamed: every shadow's descriptors are kept, the aggregates themselves only for the
    first :data:`~hagg_tf.estimation.shadows.SAVED_SHADOWS`.
@@ -30,12 +34,16 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from hagg_tf.estimation.domain import (DomainCheck, check_domain, load_training_domain,
+                                       refuse_if_cannot_show_aggregate)
 from hagg_tf.estimation.estimators import ThetaEstimate, finite_or_none, theta_errors
 from hagg_tf.estimation.images import (InputError, PreparedImages, StemInput, find_image_files,
                                        load_stem_images, prepare_images)
 from hagg_tf.estimation.quantities import (DESCRIPTOR_QUANTITIES, THETA_QUANTITIES,
                                            format_typical_error, quantities_record,
                                            typical_error)
+from hagg_tf.estimation.sample_size import (SampleSize, SampleSizeError, check_radius,
+                                           parse_particles, size_for_shadows)
 from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SAVED_SHADOWS, SHADOW_DESCRIPTORS,
                                         check_shadow_count, collect_shadows, descriptor_arrays, shadow_summary)
 from hagg_tf.model.aggregate import Aggregate
@@ -71,6 +79,10 @@ class CharacterizationResult:
         timings: seconds per stage.
         shadow_count: number M of shadows drawn (``len(descriptors)``).
         shadow_restarts: generator restarts summed over all M shadows.
+        domain: how the images and raw θ̂ compare with the networks' training domain
+            (:func:`hagg_tf.estimation.domain.check_domain`; its warnings are in ``warnings``).
+        sample_size: the particle radius distribution and particles per aggregate the shadows
+            were drawn with, and where they came from (:mod:`hagg_tf.estimation.sample_size`).
     """
 
     estimate: ThetaEstimate
@@ -88,6 +100,8 @@ class CharacterizationResult:
     timings: dict
     shadow_count: int
     shadow_restarts: int
+    domain: Optional[dict] = None
+    sample_size: Optional[SampleSize] = None
 
     def report(self) -> dict[str, Any]:
         """JSON-able report (the content of ``report.json``)."""
@@ -127,10 +141,13 @@ class CharacterizationResult:
                       "kernel_dtype": self.model["metadata"].get("kernel_dtype"),
                       "model_card": card},
             "warnings": self.warnings,
+            "domain": self.domain,
             "notes": self.notes,
             "timings_s": {key: round(value, 3) for key, value in self.timings.items()},
             "versions": _versions(),
         }
+        if self.sample_size is not None:
+            report["shadows"]["size_distribution"] = self.sample_size.as_dict()
         if self.simulated_theta is not None:
             errors = theta_errors(self.estimate, self.simulated_theta)
             report["simulated_theta"] = self.simulated_theta.as_dict()
@@ -192,10 +209,11 @@ def _as_inputs(images, pixel_size_nm, electrons_per_pixel, dose):
                           float(pixel_size_nm), float(electrons[k]),
                           {"pixel_size_nm": "argument", "electrons_per_pixel": "argument"})
                 for k, image in enumerate(images)], [], []
-    if images and all(isinstance(image, StemInput) for image in images):
-        return list(images), [], []
+    # A single path first: a str is iterable (its characters) and a Path is not.
     if isinstance(images, (str, os.PathLike)):
         images = [images]
+    if images and all(isinstance(image, StemInput) for image in images):
+        return list(images), [], []
     paths, notes = find_image_files(list(images))
     inputs, warnings = load_stem_images(paths, pixel_size_nm=pixel_size_nm,
                                         electrons_per_pixel=electrons_per_pixel, dose=dose)
@@ -207,7 +225,9 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
                  electrons_per_pixel: Optional[float] = None, dose: Optional[float] = None,
                  shadows: int = DEFAULT_SHADOWS, seed: int = 0, workers: Optional[int] = None,
                  generator_config: Optional[GeneratorConfig] = None,
-                 progress: bool = False, runner: str = "local", beam_args: Sequence[str] = (),
+                 radius_mean_nm: Optional[float] = None, radius_sd_nm: Optional[float] = None,
+                 particles=None, progress: bool = False, runner: str = "local",
+                 beam_args: Sequence[str] = (),
                  shadow_work_dir: Optional[Union[str, os.PathLike]] = None
                  ) -> CharacterizationResult:
     """θ̂, digital shadows and their descriptors for the STEM images of one sample.
@@ -226,7 +246,13 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
             :data:`~hagg_tf.estimation.shadows.MAX_SHADOWS`.
         seed: base seed of the shadows.
         workers: processes drawing shadows (None: one up to 200 shadows, else all cores).
-        generator_config: settings of the stochastic model for the shadows.
+        generator_config: settings of the stochastic model for the shadows; given, its radius
+            distribution and particle range are used as they are (nothing is estimated).
+        radius_mean_nm, radius_sd_nm: mean and s.d. of the shadows' particle radius, nm
+            (default: estimated from the images, :mod:`hagg_tf.estimation.sample_size`).
+        particles: the shadows' particles per aggregate: a count, ``(min, max)`` or
+            ``"min-max"`` (default: estimated from the images). The paper's model:
+            ``radius_mean_nm=12, radius_sd_nm=3, particles=(20, 80)``.
         progress: show a progress bar on stderr while drawing more than
             :data:`~hagg_tf.estimation.shadows.PROGRESS_SHADOWS` shadows.
         runner: ``"local"`` (this machine's worker processes) or an Apache Beam runner that
@@ -242,18 +268,23 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         The result; see :class:`CharacterizationResult`.
 
     Raises:
-        InputError: unusable images or settings (too few, unreadable, colour, NaN, …).
+        InputError: unusable images or settings (too few, unreadable, colour, NaN, a field of
+            view that cannot show an aggregate, …).
         FileNotFoundError: no model found.
     """
     from hagg_tf.estimation.model import CharacterizeModel
 
     try:
         shadows = check_shadow_count(shadows)
+        check_radius(radius_mean_nm, radius_sd_nm)
+        if particles is not None:
+            particles = parse_particles(particles)
     except ValueError as error:
         raise InputError(str(error)) from None
     timings = {}
     started = time.perf_counter()
     inputs, warnings, notes = _as_inputs(images, pixel_size_nm, electrons_per_pixel, dose)
+    refuse_if_cannot_show_aggregate(inputs)
     timings["read_images"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -278,6 +309,22 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     timings["networks"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    domain = _check_domain(inputs, estimate, model)
+    warnings.extend(domain.warnings)
+    timings["domain_checks"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    try:
+        sample_size = size_for_shadows(inputs, generator_config=generator_config,
+                                       radius_mean_nm=radius_mean_nm,
+                                       radius_sd_nm=radius_sd_nm, particles=particles)
+    except SampleSizeError as error:  # an estimate outside the allowed ranges
+        raise InputError(str(error)) from None
+    warnings.extend(sample_size.warnings)
+    shadow_config = sample_size.generator_config(generator_config)
+    timings["sample_size"] = time.perf_counter() - started
+
+    started = time.perf_counter()
     params = estimate.shadow_parameters()
     if params.as_tuple() != estimate.theta:
         warnings.append(f"θ̂ = {_format_theta(estimate.theta)} is outside the model's domain; "
@@ -286,11 +333,11 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
 
     if is_beam_runner(runner):
         aggregates, descriptors, restarts = _beam_shadows(
-            params, shadows, seed, workers, generator_config, runner, beam_args,
+            params, shadows, seed, workers, shadow_config, runner, beam_args,
             shadow_work_dir)
     else:
         aggregates, descriptors, restarts = collect_shadows(params, shadows, seed, workers,
-                                                            generator_config, progress=progress)
+                                                            shadow_config, progress=progress)
     if shadows > len(aggregates):
         notes.append(f"shadows.npz and shadows.xyz hold the first {len(aggregates)} of the "
                      f"{shadows} shadows; all {shadows} enter the descriptors (shadow k is "
@@ -309,7 +356,24 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         model={"version_dir": model.version_dir, "metadata": model.metadata,
                "model_card": model.model_card},
         simulated_theta=_simulated_theta(inputs), seed=seed, timings=timings,
-        shadow_count=len(descriptors), shadow_restarts=restarts)
+        shadow_count=len(descriptors), shadow_restarts=restarts, domain=domain.record,
+        sample_size=sample_size)
+
+
+def _check_domain(inputs: Sequence[StemInput], estimate: ThetaEstimate, model) -> DomainCheck:
+    """:func:`check_domain` against the training domain stored beside ``model``; an unreadable
+    domain file is a warning, not a failure (the estimate itself does not depend on it), and a
+    stand-in model without a folder has no domain."""
+    try:
+        domain = load_training_domain(model.version_dir)
+    except FileNotFoundError:
+        domain = None
+    except ValueError as error:
+        check = check_domain(inputs, estimate, None, model_dir=model.version_dir)
+        check.warnings[0] = f"{error}: the images were not compared with the training images"
+        return check
+    return check_domain(inputs, estimate, domain, network_pixel_size_nm=model.pixel_size_nm,
+                        model_dir=model.version_dir)
 
 
 def _beam_shadows(params: ModelParameters, shadows: int, seed: int, workers: Optional[int],
@@ -612,6 +676,8 @@ def format_summary(result: CharacterizationResult) -> str:
     if result.simulated_theta is not None:
         lines.append("  (the images' metadata: simulated with θ = "
                      f"{_format_known_theta(result.simulated_theta)})")
+    if result.sample_size is not None:
+        lines.append(f"Particles of the digital shadows: {result.sample_size.describe()}")
     lines.append(f"{result.shadow_count} digital shadows, new aggregates drawn from θ = "
                  f"{_format_theta(result.shadow_parameters.as_tuple())} (seed {result.seed}); "
                  "mean over the shadows:")

@@ -3,6 +3,10 @@
 Accepted files: PNG and TIFF, greyscale, 8-bit or 16-bit unsigned integers or 32/64-bit floats
 (finite, non-negative). Everything else (colour images, other bit depths, NaN or infinite
 pixels, files that are not images) is refused with an :class:`InputError` naming the file.
+Microscope files (DigitalMicrograph DM3/DM4, Velox and NCEM EMD, MRC, and TIFFs with a
+DigitalMicrograph, FEI or ImageJ calibration) are read through RosettaSciIO, the ``formats``
+extra, by :mod:`hagg_tf.estimation.formats`: their pixel size and, where recorded, electrons per
+pixel come from their metadata, and their integer pixels are detector counts.
 
 Physics per image (needed to put foreign images on the training images' footing):
 
@@ -51,8 +55,14 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-#: File name endings read as images.
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+from hagg_tf.estimation.formats import (MICROSCOPE_SUFFIXES, TIFF_SUFFIXES,
+                                       read_microscope_pixels, tiff_calibration_hint)
+# Moved down to hagg_tf.stem (the database renders at other pixel sizes and resamples alike);
+# re-exported here for the callers of this module.
+from hagg_tf.stem.resample import BACKGROUND_FRAME, background_level, resample  # noqa: F401
+
+#: File name endings read as images (microscope files through the ``formats`` extra).
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff") + MICROSCOPE_SUFFIXES
 #: Pixel types accepted, by numpy dtype name.
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32", "float64")
 #: Pixel types taken for detector counts (a dose converts them); the others need the beam's
@@ -62,8 +72,6 @@ COUNT_DTYPES = ("uint16",)
 DEFAULT_DOSE = 149.0
 #: Relative pixel-size difference tolerated without resampling.
 PIXEL_SIZE_TOLERANCE = 1e-3
-#: Width of the frame whose median is taken as the background level, pixels.
-BACKGROUND_FRAME = 4
 #: Share of the above-background intensity a crop may cut off before a warning.
 CROP_LOSS_WARNING = 0.01
 #: Smallest image side accepted, pixels (also after resampling).
@@ -109,6 +117,8 @@ class StemInput:
         params = ((self.metadata or {}).get("aggregate") or {}).get("params")
         if params:
             info["simulated_theta"] = params
+        if (self.metadata or {}).get("microscope_file"):
+            info["microscope_file"] = self.metadata["microscope_file"]
         return info
 
 
@@ -192,12 +202,18 @@ def find_image_files(patterns: Sequence[Union[str, os.PathLike]]
     return found, notes
 
 
-def _read_pixels(path: pathlib.Path) -> tuple[np.ndarray, Optional[dict]]:
-    """Pixels and hagg_tf metadata (None for foreign files) of one image file."""
+def _read_pixels(path: pathlib.Path, signal: Union[str, int, None] = None
+                 ) -> tuple[np.ndarray, Optional[dict]]:
+    """Pixels and metadata (hagg_tf's, or a microscope file's; None for other files) of one
+    image file; ``signal`` chooses among a microscope file's signals."""
     import imageio.v3 as iio
 
     from hagg_tf.stem.io import PNG_TEXT_KEY, read_stem_png
 
+    microscope = read_microscope_pixels(path, signal) if path.suffix.lower() in \
+        MICROSCOPE_SUFFIXES + TIFF_SUFFIXES else None
+    if microscope is not None:
+        return microscope
     try:
         if path.suffix.lower() == ".png":
             meta = iio.immeta(path, extension=".png")
@@ -266,17 +282,20 @@ def not_counts_message(path: Union[str, os.PathLike], dtype: np.dtype) -> str:
 
 def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[float] = None,
                     electrons_per_pixel: Optional[float] = None,
-                    dose: Optional[float] = None) -> tuple[StemInput, list[str]]:
+                    dose: Optional[float] = None, signal: Union[str, int, None] = None
+                    ) -> tuple[StemInput, list[str]]:
     """Reads and checks one image file (see the module docstring for the rules).
 
     Args:
-        path: PNG or TIFF file.
+        path: PNG, TIFF or microscope file.
         pixel_size_nm: pixel edge in nm for files without hagg_tf metadata; overrides the
             metadata if given.
         electrons_per_pixel: incident electrons per pixel (8-bit and float images: the value of
             the full beam in the image's units); overrides the metadata if given.
         dose: electron dose in e/Å² used with the pixel size when neither metadata nor
             ``electrons_per_pixel`` give the electrons per pixel (16-bit images only).
+        signal: the signal of a microscope file with several (title, detector name or index;
+            :func:`hagg_tf.estimation.formats.choose_signal`); other files ignore it.
 
     Returns:
         (the image, warnings).
@@ -285,10 +304,10 @@ def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[fl
         InputError: unreadable or unsuitable file, or missing pixel size / dose information.
     """
     path = pathlib.Path(path)
-    pixels, metadata = _read_pixels(path)
+    pixels, metadata = _read_pixels(path, signal)
     pixels = _greyscale(np.asarray(pixels), path)
     _check_values(pixels, path)
-    warnings = []
+    warnings = list((metadata or {}).get("warnings", ()))
     sources = {}
     meta_pixel = (metadata or {}).get("pixel_size_nm")
     meta_electrons = (metadata or {}).get("electrons_per_pixel")
@@ -301,8 +320,9 @@ def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[fl
     elif meta_pixel is not None:
         pixel, sources["pixel_size_nm"] = float(meta_pixel), "metadata"
     else:
-        raise InputError(f"{path}: no pixel size in the file; give --pixel_size_nm "
-                         "(nm per pixel of your images)")
+        raise InputError((metadata or {}).get("pixel_size_problem") or (
+            f"{path}: no pixel size in the file{tiff_calibration_hint(path)}; give "
+            "--pixel_size_nm (nm per pixel of your images)"))
     if not (pixel > 0 and math.isfinite(pixel)):
         raise InputError(f"{path}: pixel size must be finite and positive, got {pixel:g}")
 
@@ -310,7 +330,7 @@ def read_stem_image(path: Union[str, os.PathLike], *, pixel_size_nm: Optional[fl
         electrons, sources["electrons_per_pixel"] = float(electrons_per_pixel), "flag"
     elif meta_electrons is not None:
         electrons, sources["electrons_per_pixel"] = float(meta_electrons), "metadata"
-    elif pixels.dtype.name not in COUNT_DTYPES:
+    elif pixels.dtype.name not in COUNT_DTYPES and not (metadata or {}).get("detector_counts"):
         raise InputError(not_counts_message(path, pixels.dtype))
     else:
         used_dose = DEFAULT_DOSE if dose is None else float(dose)
@@ -338,35 +358,6 @@ def load_stem_images(paths: Iterable[Union[str, os.PathLike]], **kwargs
     if len(depths) > 1:
         warnings.append(f"the images mix pixel types {', '.join(depths)}")
     return images, warnings
-
-
-def background_level(counts: np.ndarray, frame: int = BACKGROUND_FRAME) -> float:
-    """Median of the outermost ``frame`` pixels of an image: its vacuum level."""
-    frame = max(1, min(frame, min(counts.shape) // 4))
-    border = np.concatenate([counts[:frame].ravel(), counts[-frame:].ravel(),
-                             counts[frame:-frame, :frame].ravel(),
-                             counts[frame:-frame, -frame:].ravel()])
-    return float(np.median(border))
-
-
-def resample(counts: np.ndarray, electrons_per_pixel: float, zoom: float
-             ) -> tuple[np.ndarray, float]:
-    """Resamples counts by ``zoom`` (new pixels per old pixel), keeping the dose per area.
-
-    Returns:
-        (new counts, new electrons per pixel = old / zoom²).
-    """
-    from scipy import ndimage
-
-    intensity = counts / electrons_per_pixel
-    if zoom < 1.0:
-        intensity = ndimage.gaussian_filter(intensity, sigma=(1.0 / zoom - 1.0) / 2.0,
-                                            mode="nearest")
-    resampled = ndimage.zoom(intensity, zoom, order=1, grid_mode=True, mode="grid-constant",
-                             cval=background_level(intensity))
-    np.maximum(resampled, 0.0, out=resampled)
-    new_electrons = electrons_per_pixel / zoom ** 2
-    return resampled * new_electrons, new_electrons
 
 
 def check_resampling(images: Sequence[StemInput], pixel_size_nm: Optional[float]) -> None:

@@ -58,12 +58,14 @@ def _require_integer(name: str, value) -> int:
     return int(value)
 
 
-def _require_finite(name: str, value) -> float:
+def require_finite(name: str, value, error: type[ValueError] = None) -> float:
+    """``value`` as a finite float, else ``error`` (default `ParameterError`) naming ``name``."""
+    error = ParameterError if error is None else error
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(f"{name} must be a real number, got {value!r}")
+        raise error(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ParameterError(f"{name} must be finite, got {value!r}")
+        raise error(f"{name} must be finite, got {value!r}")
     return value
 
 
@@ -84,11 +86,11 @@ class ModelParameters:
     tio2_cluster_size: int
 
     def __post_init__(self):
-        fractal_dimension = _require_finite("fractal_dimension (theta_Df)", self.fractal_dimension)
+        fractal_dimension = require_finite("fractal_dimension (theta_Df)", self.fractal_dimension)
         if not 1.0 < fractal_dimension < 3.0:
             raise ParameterError(
                 f"fractal_dimension (theta_Df) must lie in the open interval (1, 3), got {fractal_dimension}")
-        mixing_ratio = _require_finite("mixing_ratio (theta_rho)", self.mixing_ratio)
+        mixing_ratio = require_finite("mixing_ratio (theta_rho)", self.mixing_ratio)
         if not 0.0 <= mixing_ratio <= 1.0:
             raise ParameterError(f"mixing_ratio (theta_rho) must lie in [0, 1], got {mixing_ratio}")
         object.__setattr__(self, "fractal_dimension", fractal_dimension)
@@ -157,10 +159,10 @@ class GeneratorConfig:
 
     def __post_init__(self):
         for name in ("radius_mean", "radius_std", "fractal_prefactor"):
-            value = _require_finite(name, getattr(self, name))
+            value = require_finite(name, getattr(self, name))
             if value <= 0:
                 raise ParameterError(f"{name} must be positive, got {value}")
-        tolerance = _require_finite("contact_tolerance", self.contact_tolerance)
+        tolerance = require_finite("contact_tolerance", self.contact_tolerance)
         if tolerance < 1.0:
             raise ParameterError(f"contact_tolerance must be >= 1, got {tolerance}")
         for name in ("min_size", "max_size", "placement_attempts", "max_restarts"):

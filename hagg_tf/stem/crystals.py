@@ -33,6 +33,10 @@ Thermal vibration (frozen phonons) uses isotropic mean-square displacements U_is
 Cartesian direction) chosen by hand at typical room-temperature magnitudes for these oxides
 (Ti 0.005–0.0055, W 0.004, O 0.006–0.008); they are not the refined per-site values of the
 cited studies (see `CrystalPhase.u_iso`).
+
+The amorphous carbon support film (`AMORPHOUS_CARBON`, `amorphous_slab`) is no crystal: a
+seeded random hard-sphere structure at the density of evaporated carbon films (sources at
+`CARBON_FILM_DENSITY_G_CM3`).
 """
 
 from __future__ import annotations
@@ -277,3 +281,197 @@ def oriented_slab(phase: CrystalPhase, direction: np.ndarray, lateral_nm: float,
     ratio = float(_mass_density_ratio(numbers, rotated, extent, reference))
     return Atoms(numbers=numbers[inside], positions=rotated[inside], cell=np.diag(extent),
                  pbc=True), ratio
+
+
+# --- Amorphous carbon support film -------------------------------------------------------------
+#
+# Density: evaporated (arc or e-beam) carbon films, the usual TEM support films, have
+# 1.75-2.2 g/cm³: 1.75 g/cm³ for the 1-16 nm films measured by M. Wanner, D. Bach,
+# D. Gerthsen, R. Werner, B. Tesche, Ultramicroscopy 106 (2006) 341 (doi
+# 10.1016/j.ultramic.2005.10.004); about 1.9-2.0 for evaporated and up to 2.2 for sputtered
+# a-C in the review table of J. Robertson, Mater. Sci. Eng. R 37 (2002) 129 (values written
+# from memory of that table, not checked against it). 2.0 g/cm³ is the middle of that range;
+# the HAADF signal of a film scales with its areal mass, so another density is a thickness
+# rescaled by density / 2.0.
+CARBON_FILM_DENSITY_G_CM3 = 2.0
+CARBON_FILM_DENSITY_RANGE_G_CM3 = (1.75, 2.2)
+# Shortest C-C distance of amorphous carbon ≈ the sp2 bond, 1.42 Å; a hard-core distance of
+# 1.4 Å keeps the random structure free of unphysically close pairs.
+CARBON_MIN_DISTANCE_ANGSTROM = 1.4
+CARBON_MOLAR_MASS_G_MOL = 12.011  # IUPAC conventional standard atomic weight of C
+_AVOGADRO = 6.02214076e23
+
+
+@dataclasses.dataclass(frozen=True)
+class AmorphousPhase:
+    """An amorphous material built as a seeded random structure (the support film).
+
+    The structure is random sequential addition of hard spheres: uniform random positions,
+    each rejected if it lies closer than ``min_distance_angstrom`` to an accepted atom
+    (periodically in x, y and z), until the box holds the number of atoms of the density.
+    A hard-core gas at the right density, not a bonded sp2/sp3 network: the high-angle
+    (55-250 mrad) signal is thermal-diffuse, incoherent scattering from single atoms, which
+    depends on the atoms per area and hardly on the short-range order.
+
+    Attributes:
+        material: chemical symbol ("C").
+        phase: "amorphous".
+        element: the element the structure is made of.
+        density_g_cm3: mass density, g/cm³.
+        min_distance_angstrom: hard-core distance, Å.
+        molar_mass_g_mol: molar mass of the element, g/mol.
+        u_iso: isotropic mean-square displacement per element, Å² (frozen phonons on top).
+        source: where the density and distances come from.
+        notes: approximations made.
+    """
+
+    material: str
+    phase: str
+    element: str
+    density_g_cm3: float
+    min_distance_angstrom: float
+    molar_mass_g_mol: float
+    u_iso: dict
+    source: str
+    notes: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.material}/{self.phase}"
+
+    @property
+    def number_density_per_A3(self) -> float:
+        """Atoms per Å³ at the phase's density."""
+        return self.density_g_cm3 / self.molar_mass_g_mol * _AVOGADRO * 1.0e-24
+
+    def sigmas(self) -> dict:
+        """Frozen-phonon displacement s.d. per element and direction, Å."""
+        return {element: math.sqrt(u) for element, u in self.u_iso.items()}
+
+    def as_dict(self) -> dict:
+        return {"material": self.material, "phase": self.phase, "element": self.element,
+                "density_g_cm3": self.density_g_cm3,
+                "min_distance_angstrom": self.min_distance_angstrom,
+                "molar_mass_g_mol": self.molar_mass_g_mol, "u_iso_A2": dict(self.u_iso),
+                "structure": "random sequential addition of hard spheres, periodic box",
+                "source": self.source, "notes": self.notes}
+
+
+AMORPHOUS_CARBON = AmorphousPhase(
+    material="C", phase="amorphous", element="C", density_g_cm3=CARBON_FILM_DENSITY_G_CM3,
+    min_distance_angstrom=CARBON_MIN_DISTANCE_ANGSTROM,
+    molar_mass_g_mol=CARBON_MOLAR_MASS_G_MOL,
+    # U_iso 0.005 Å² (B ≈ 0.4 Å²): a typical room-temperature magnitude for graphitic carbon,
+    # chosen by hand like the oxides' values; on a random structure it matters little.
+    u_iso={"C": 0.0050},
+    source=("density of evaporated carbon films 1.75-2.2 g/cm3 (Wanner et al., Ultramicroscopy "
+            "106 (2006) 341; Robertson, Mater. Sci. Eng. R 37 (2002) 129), 2.0 used; hard-core "
+            "distance 1.4 A ~ the sp2 C-C bond 1.42 A"),
+    notes="hard-core random structure at the right density, not a bonded sp2/sp3 network")
+
+AMORPHOUS_PHASES = {AMORPHOUS_CARBON.key: AMORPHOUS_CARBON}
+
+
+def _minimum_image(delta: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    return delta - extent * np.round(delta / extent)
+
+
+def amorphous_positions(extent_angstrom, number_density_per_A3: float,
+                        min_distance_angstrom: float, seed: int, *,
+                        batch_size: int = 512, max_batches: int = 1000000) -> np.ndarray:
+    """Random sequential addition of hard spheres in a periodic box, vectorised in batches.
+
+    Each batch proposes uniform random points; a point is rejected if it lies within
+    ``min_distance_angstrom`` (minimum image, periodic in all three directions) of an
+    accepted atom or of an earlier point of the same batch, so the result is hard-core
+    however the batches fall. Accepted atoms are kept in a cell list (cell edge ≥ the
+    hard-core distance, so only the 27 neighbouring cells need checking).
+
+    Args:
+        extent_angstrom: (3,) box edges Lx, Ly, Lz, Å (each ≥ 3 × the hard-core distance).
+        number_density_per_A3: target atoms per Å³; the box gets round(density × volume).
+        min_distance_angstrom: hard-core distance d, Å.
+        seed: seed of the positions (same seed, same structure).
+        batch_size: points proposed per batch.
+        max_batches: give up (ValueError) after this many batches (too dense to fill).
+
+    Returns:
+        (N, 3) float64 positions in [0, L), Å.
+    """
+    extent = np.asarray(extent_angstrom, dtype=np.float64)
+    d = float(min_distance_angstrom)
+    cells = np.floor(extent / d).astype(np.int64)
+    if np.any(cells < 3):
+        raise ValueError(f"box {extent.tolist()} A too small for hard-core distance {d} A")
+    target = int(round(number_density_per_A3 * float(np.prod(extent))))
+    cell_size = extent / cells
+    # A cell of edge < 2d/√3·... holds few hard-core points; 16 slots is far more than needed.
+    slots = 16
+    occupancy = np.full((*cells, slots), -1, dtype=np.int64)
+    counts = np.zeros(tuple(cells), dtype=np.int64)
+    positions = np.empty((target, 3), dtype=np.float64)
+    accepted = 0
+    rng = np.random.default_rng(seed)
+    offsets = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    for _ in range(max_batches):
+        if accepted >= target:
+            break
+        candidates = rng.uniform(size=(batch_size, 3)) * extent
+        cell_index = np.minimum((candidates / cell_size).astype(np.int64), cells - 1)
+        # Conflicts with accepted atoms: the slots of the 27 neighbouring cells.
+        neighbours = np.mod(cell_index[:, None, :] + offsets[None], cells)  # (B, 27, 3)
+        ids = occupancy[neighbours[..., 0], neighbours[..., 1], neighbours[..., 2]]  # (B,27,S)
+        ids = ids.reshape(batch_size, -1)
+        valid = ids >= 0
+        near = positions[np.where(valid, ids, 0)]  # (B, 27·S, 3)
+        delta = _minimum_image(near - candidates[:, None, :], extent)
+        too_close = valid & (np.einsum("bkx,bkx->bk", delta, delta) < d * d)
+        keep = ~too_close.any(axis=1)
+        survivors = np.flatnonzero(keep)
+        # Conflicts within the batch: reject a point close to any earlier surviving point.
+        if survivors.size > 1:
+            points = candidates[survivors]
+            delta = _minimum_image(points[:, None, :] - points[None, :, :], extent)
+            close = np.einsum("ijx,ijx->ij", delta, delta) < d * d
+            close = np.tril(close, k=-1)
+            survivors = survivors[~close.any(axis=1)]
+        survivors = survivors[: target - accepted]
+        new = np.arange(accepted, accepted + survivors.size)
+        positions[new] = candidates[survivors]
+        # Slots: the cell's count plus the point's rank among this batch's points in its cell.
+        flat = np.ravel_multi_index(tuple(cell_index[survivors].T), tuple(cells))
+        order = np.argsort(flat, kind="stable")
+        sorted_flat = flat[order]
+        first = np.searchsorted(sorted_flat, sorted_flat, side="left")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size) - first
+        slot = counts.reshape(-1)[flat] + rank
+        if slot.size and slot.max() >= slots:
+            raise RuntimeError("cell list overflow")  # impossible for cell edge < 2 d
+        occupancy.reshape(-1, slots)[flat, slot] = new
+        np.add.at(counts.reshape(-1), flat, 1)
+        accepted += survivors.size
+    if accepted < target:
+        raise ValueError(f"could place only {accepted} of {target} atoms at hard-core distance "
+                         f"{d} A; the density is too high for random sequential addition")
+    return positions
+
+
+def amorphous_slab(phase: AmorphousPhase, lateral_nm: float, thickness_nm: float, seed: int):
+    """A seeded amorphous slab, periodic laterally (and along the beam), as an `ase.Atoms`.
+
+    Args:
+        phase: the amorphous phase (e.g. `AMORPHOUS_CARBON`).
+        lateral_nm: box edge in x and y, nm.
+        thickness_nm: box depth along the beam (z), nm.
+        seed: structure seed (same seed, same atoms).
+
+    Returns:
+        `ase.Atoms` with an orthogonal cell (Å) and pbc (needs the optional ASE dependency).
+    """
+    from ase import Atoms  # optional 'physics' extra
+    extent = np.array([10.0 * lateral_nm, 10.0 * lateral_nm, 10.0 * thickness_nm])
+    positions = amorphous_positions(extent, phase.number_density_per_A3,
+                                    phase.min_distance_angstrom, seed)
+    return Atoms(symbols=[phase.element] * len(positions), positions=positions,
+                 cell=np.diag(extent), pbc=True)

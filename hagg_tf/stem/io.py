@@ -3,8 +3,8 @@
 The counts are stored losslessly as a 16-bit greyscale PNG (written and read with imageio's
 pillow plugin); the metadata dict of `StemImage` is stored as JSON in one international text
 (iTXt) chunk with keyword ``hagg_tf``. Any PNG reader shows the image; ``read_stem_png`` gives
-back the identical counts and metadata, so all later preprocessing (e.g. intensities from
-counts / electrons_per_pixel) can be recomputed from the file alone.
+back the identical counts and metadata, so all later preprocessing (e.g. intensities with
+`normalized_intensity`) can be recomputed from the file alone.
 """
 
 from __future__ import annotations
@@ -63,6 +63,31 @@ def read_stem_png(path: str | Path) -> tuple[np.ndarray, dict]:
     return counts, json.loads(meta[PNG_TEXT_KEY])
 
 
-def intensity_from_counts(counts: np.ndarray, metadata: dict) -> np.ndarray:
-    """Measured intensity (fraction of the incident beam) from counts and their metadata."""
-    return np.asarray(counts, dtype=np.float32) / np.float32(metadata["electrons_per_pixel"])
+def normalized_intensity(counts: np.ndarray, metadata: dict) -> np.ndarray:
+    """Measured intensity as a fraction of the incident beam, as quantitative STEM normalizes.
+
+    (counts − I_dark) / (I_beam − I_dark): ``metadata["dark_level"]`` is the detector's
+    reading without beam (counts) and ``metadata["beam_level"]`` the reading of the whole
+    unscattered beam above it (gain × electrons per pixel), both written by
+    `hagg_tf.stem.render_stem` for non-default imaging conditions. Without them (today's
+    idealized images: gain 1, no offset) it is counts / electrons_per_pixel.
+
+    Args:
+        counts: (H, W) detector counts (any integer or float dtype).
+        metadata: the image's metadata (as `render_stem` writes it or `read_stem_png` reads it).
+
+    Returns:
+        (H, W) float32 intensity; shot and read noise stay in it (a pixel can be < 0).
+
+    Raises:
+        KeyError: the metadata has neither beam_level nor electrons_per_pixel.
+    """
+    counts = np.asarray(counts, dtype=np.float32)
+    if metadata.get("beam_level") is None:
+        return counts / np.float32(metadata["electrons_per_pixel"])
+    dark = np.float32(metadata.get("dark_level") or 0.0)
+    return (counts - dark) / np.float32(metadata["beam_level"])
+
+
+#: The same normalization under its earlier name.
+intensity_from_counts = normalized_intensity

@@ -4,7 +4,9 @@ One run per (phase, orientation) gives the whole thickness series: the slab is a
 largest thickness and abTEM detects at intermediate exit planes. The intensity is the fraction
 of the incident probe intensity scattered onto the detector (the probe is normalised to 1), as
 angle-resolved rings from abTEM's FlexibleAnnularDetector, weighted afterwards by the measured
-detector sensitivity (or a flat 55–250 mrad annulus); both are stored.
+detector sensitivity (or a flat 55–250 mrad annulus); both are stored. The amorphous carbon
+support film (`simulate_film_series`) uses the same microscope, detector and numerics, with
+independent random structures as its configurations.
 
 Imports abTEM and ASE lazily: they are the optional ``physics`` extra.
 """
@@ -191,21 +193,55 @@ def simulate_thickness_series(phase: crystals.CrystalPhase, orientation: Orienta
     gpts = tuple(_fft_size(int(np.ceil(length / settings.sampling_angstrom))) for length in extent)
     frozen = abtem.FrozenPhonons(slab, num_configs=settings.num_configs, sigmas=phase.sigmas(),
                                  ensemble_mean=False, seed=seed)
-    exit_every = int(round(settings.exit_every_nm * 10.0 / settings.slice_thickness_angstrom))
     potential = abtem.Potential(frozen, gpts=gpts,
                                 slice_thickness=settings.slice_thickness_angstrom,
                                 parametrization=settings.parametrization,
-                                projection=settings.projection, exit_planes=exit_every)
+                                projection=settings.projection, exit_planes=exit_planes(settings))
+    positions = probe_positions(settings, seed, extent)
+    series = _detect_series(potential, positions, settings)
+    return {
+        "material": phase.material, "phase": phase.phase, "orientation": orientation.label,
+        "tilt_deg": orientation.tilt_deg, "direction": list(orientation.direction),
+        **series,
+        "num_atoms": int(len(slab)), "box_angstrom": [float(v) for v in np.diag(np.asarray(slab.cell))],
+        "gpts": list(gpts), "density_ratio": density_ratio, "seed": int(seed), "probe_positions_angstrom": positions.tolist(),
+        "runtime_s": time.time() - started,
+        "settings": settings.as_dict(), "crystal": phase.as_dict(),
+    }
+
+
+def exit_planes(settings: MultisliceSettings) -> tuple[int, ...]:
+    """Exit-plane slice indices of the thickness series: -1 (the entrance, thickness 0), then
+    after every ``exit_every_nm``, down to ``max_thickness_nm``.
+
+    Given explicitly because abTEM's integer form (every n slices) leaves out the entrance
+    when the slab is only n slices deep.
+    """
+    num_slices = int(round(settings.max_thickness_nm * 10.0 / settings.slice_thickness_angstrom))
+    exit_every = int(round(settings.exit_every_nm * 10.0 / settings.slice_thickness_angstrom))
+    return tuple(range(-1, num_slices, exit_every))
+
+
+def _detect_series(potential, positions: np.ndarray, settings: MultisliceSettings) -> dict:
+    """Scan the probe over ``positions`` through ``potential``; detector signal per exit plane.
+
+    Returns the table columns (``thickness_nm``, ``intensity``, ``intensity_flat``, their
+    standard errors over all (configuration, position) runs, ``total_intensity``) and
+    ``max_angle_mrad``.
+    """
+    import abtem  # optional 'physics' extra
+
     probe = abtem.Probe(energy=settings.energy_ev, semiangle_cutoff=settings.semiangle_mrad,
                         defocus=settings.defocus_angstrom)
-    positions = probe_positions(settings, seed, extent)
     rings = abtem.FlexibleAnnularDetector(step_size=settings.bin_step_mrad)
     measurement = probe.scan(potential, scan=abtem.CustomScan(positions), detectors=rings)
     measurement = measurement.compute(progress_bar=False, scheduler="synchronous")
-    # axes: (configs, exit planes, positions, radial bins, azimuthal bins)
-    values = np.asarray(measurement.array, dtype=np.float64).sum(axis=-1)
-    if values.ndim == 3:  # a single configuration drops the ensemble axis
-        values = values[None]
+    # axes: (configs, exit planes, positions, radial bins, azimuthal bins); abTEM drops the
+    # axes of length 1, which a reshape restores (it keeps the order).
+    planes = potential.exit_planes
+    array = np.asarray(measurement.array, dtype=np.float64)
+    values = array.reshape(settings.num_configs, len(planes), len(positions),
+                           *array.shape[-2:]).sum(axis=-1)
     radial_step = float(measurement.radial_sampling)
     edges = float(measurement.radial_offset) + radial_step * np.arange(values.shape[-1] + 1)
     weighted = values @ detector.bin_weights(edges, "sensitivity")
@@ -215,20 +251,74 @@ def simulate_thickness_series(phase: crystals.CrystalPhase, orientation: Orienta
     runs_flat = np.moveaxis(flat, 1, -1).reshape(-1, flat.shape[1])
     runs = runs_weighted.shape[0]
     sem = (lambda a: a.std(axis=0, ddof=1) / np.sqrt(runs) if runs > 1 else np.zeros(a.shape[1]))
-    thickness_nm = np.arange(values.shape[1]) * settings.exit_every_nm
+    thickness_nm = (np.asarray(planes) + 1) * settings.slice_thickness_angstrom / 10.0
     # abTEM's first exit plane is the entrance surface (thickness 0): keep it, it must be ≈ 0.
     return {
-        "material": phase.material, "phase": phase.phase, "orientation": orientation.label,
-        "tilt_deg": orientation.tilt_deg, "direction": list(orientation.direction),
         "thickness_nm": thickness_nm.tolist(),
         "intensity": runs_weighted.mean(axis=0).tolist(),
         "intensity_sem": sem(runs_weighted).tolist(),
         "intensity_flat": runs_flat.mean(axis=0).tolist(),
         "intensity_flat_sem": sem(runs_flat).tolist(),
         "total_intensity": values.sum(axis=-1).mean(axis=(0, 2)).tolist(),
-        "num_atoms": int(len(slab)), "box_angstrom": [float(v) for v in np.diag(np.asarray(slab.cell))],
-        "gpts": list(gpts), "density_ratio": density_ratio, "seed": int(seed), "probe_positions_angstrom": positions.tolist(),
-        "max_angle_mrad": float(edges[-1]), "runtime_s": time.time() - started,
+        "max_angle_mrad": float(edges[-1]),
+    }
+
+
+FILM_ORIENTATION = "random"  # an amorphous film has no orientation; the table's label
+
+
+def simulate_film_series(phase: crystals.AmorphousPhase, settings: MultisliceSettings) -> dict:
+    """Frozen-phonon multislice thickness series of an amorphous film (the support film).
+
+    Each of ``settings.num_configs`` configurations is an independent amorphous structure
+    (`crystals.amorphous_slab`, its own seed) with its own thermal displacements (Gaussian,
+    σ² = U_iso per direction), so the standard errors cover structure and phonons. The box is
+    ``settings.lateral_nm`` square (the builder fills it at the phase's density exactly, so no
+    edge matching is needed) and as deep as ``settings.max_thickness_nm``; probe positions
+    and the position average are as in `simulate_thickness_series`.
+
+    Args:
+        phase: the amorphous phase (e.g. `crystals.AMORPHOUS_CARBON`).
+        settings: numerical settings.
+
+    Returns:
+        The same JSON-able dict as `simulate_thickness_series` with orientation "random"
+        and ``structure_seeds`` instead of a crystal direction.
+    """
+    import abtem  # optional 'physics' extra
+
+    started = time.time()
+    seed = settings.seed + zlib.crc32(f"{phase.key}/{FILM_ORIENTATION}".encode()) % 100000
+    streams = np.random.SeedSequence([seed, settings.num_configs]).spawn(settings.num_configs)
+    structure_seeds = [int(stream.generate_state(1)[0]) for stream in streams]
+    sigma = phase.sigmas()[phase.element]
+    structures = []
+    for stream, structure_seed in zip(streams, structure_seeds):
+        slab = crystals.amorphous_slab(phase, settings.lateral_nm, settings.max_thickness_nm,
+                                       structure_seed)
+        thermal = np.random.default_rng(stream.spawn(1)[0]).normal(scale=sigma,
+                                                                   size=(len(slab), 3))
+        slab.positions = slab.positions + thermal
+        slab.wrap()
+        structures.append(slab)
+    extent = np.diag(np.asarray(structures[0].cell))[:2]
+    gpts = tuple(_fft_size(int(np.ceil(length / settings.sampling_angstrom))) for length in extent)
+    ensemble = abtem.AtomsEnsemble(structures, ensemble_mean=False)
+    potential = abtem.Potential(ensemble, gpts=gpts,
+                                slice_thickness=settings.slice_thickness_angstrom,
+                                parametrization=settings.parametrization,
+                                projection=settings.projection, exit_planes=exit_planes(settings))
+    positions = probe_positions(settings, seed, extent)
+    series = _detect_series(potential, positions, settings)
+    return {
+        "material": phase.material, "phase": phase.phase, "orientation": FILM_ORIENTATION,
+        "tilt_deg": float("nan"), "direction": [0.0, 0.0, 1.0],
+        **series,
+        "num_atoms": int(len(structures[0])),
+        "box_angstrom": [float(v) for v in np.diag(np.asarray(structures[0].cell))],
+        "gpts": list(gpts), "density_ratio": 1.0, "seed": int(seed),
+        "structure_seeds": structure_seeds, "probe_positions_angstrom": positions.tolist(),
+        "runtime_s": time.time() - started,
         "settings": settings.as_dict(), "crystal": phase.as_dict(),
     }
 

@@ -22,6 +22,11 @@ from STEMSIM) use the same format and the same loader:
   grids. Between rows the intensity is interpolated linearly; beyond the last row it is
   extrapolated linearly with the slope of the table's last quarter (clamped at ≥ 0) — the
   shipped tables reach 64 nm, a particle diameter met by fewer than 1 in 10⁴ particles.
+
+The amorphous carbon support film has its own file in the same format,
+``hagg_tf/stem/data/carbon_film_table.csv`` (material ``C``, phase ``amorphous``, orientation
+``random``, one table), loaded by `load_film_table`; `load_tables` rejects it (a film is not
+a particle material).
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ MATERIAL_LABELS = {"wo3": WO3, "tio2": TIO2}
 MATERIAL_NAMES = {WO3: "WO3", TIO2: "TiO2"}
 SHIPPED_TABLES = "haadf_tables.csv"
 PROVENANCE_PREFIX = "provenance:"
+# The support film: material and phase as in hagg_tf.stem.crystals.AMORPHOUS_CARBON (the
+# computation side; tables.py does not import it so that loading needs no ASE).
+SHIPPED_FILM_TABLE = "carbon_film_table.csv"
+FILM_MATERIAL = "C"
+FILM_PHASE = "amorphous"
+FILM_LABEL = -1  # not a particle material label (SPEC §3 has 0 = WO3 and 1 = TiO2 only)
 
 
 class TableError(ValueError):
@@ -56,12 +67,15 @@ class HaadfTable:
     """One intensity-versus-thickness curve.
 
     Attributes:
-        material: "WO3" or "TiO2".
-        label: 0 (WO3) or 1 (TiO2).
+        material: "WO3" or "TiO2" (or "C" for the support film, `load_film_table`).
+        label: 0 (WO3) or 1 (TiO2); `FILM_LABEL` for the film.
         phase: phase label.
         orientation: orientation label.
         thickness_nm: (T,) strictly increasing thicknesses, nm.
         intensity: (T,) fraction of the incident beam on the detector.
+        source: the file it came from (set by `load_film_table`; "<memory>" otherwise).
+        sha256: hex digest of that file's text (None for tables built in memory).
+        provenance: the file's parsed ``# provenance:`` JSON (set by `load_film_table`).
     """
 
     material: str
@@ -70,6 +84,9 @@ class HaadfTable:
     orientation: str
     thickness_nm: np.ndarray
     intensity: np.ndarray
+    source: str = "<memory>"
+    sha256: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -181,24 +198,50 @@ class HaadfTables:
     def to_text(self, extra_columns: dict[str, list[np.ndarray]] | None = None,
                 comments: list[str] | None = None) -> str:
         """Serialise in the documented format (intensity column named ``intensity``)."""
-        extra_columns = extra_columns or {}
-        out = io.StringIO()
-        out.write(f"# hagg_tf HAADF reference tables, format version {FORMAT_VERSION}\n")
-        out.write("# intensity: fraction of the incident beam on the detector; thickness in nm.\n")
-        for line in comments or []:
-            out.write(f"# {line}\n")
-        out.write(f"# {PROVENANCE_PREFIX} {json.dumps(self.provenance, sort_keys=True)}\n")
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(list(REQUIRED_COLUMNS) + list(extra_columns))
-        for position, table in enumerate(self.tables):
-            for row, (t, value) in enumerate(zip(table.thickness_nm, table.intensity)):
-                extras = [f"{extra_columns[name][position][row]:.6e}" for name in extra_columns]
-                writer.writerow([table.material, table.phase, table.orientation, f"{t:g}",
-                                 f"{value:.6e}"] + extras)
-        return out.getvalue()
+        return tables_text(self.tables, self.provenance, extra_columns, comments)
+
+
+def tables_text(table_list: list[HaadfTable], provenance: dict,
+                extra_columns: dict[str, list[np.ndarray]] | None = None,
+                comments: list[str] | None = None) -> str:
+    """Serialise tables (particle tables or the film table) in the documented format.
+
+    Args:
+        table_list: the tables, written in this order.
+        provenance: JSON-able dict written as the ``# provenance:`` line.
+        extra_columns: more numeric columns, per name one (T,) array per table.
+        comments: comment lines written after the format line.
+
+    Returns:
+        The file text.
+    """
+    extra_columns = extra_columns or {}
+    out = io.StringIO()
+    out.write(f"# hagg_tf HAADF reference tables, format version {FORMAT_VERSION}\n")
+    out.write("# intensity: fraction of the incident beam on the detector; thickness in nm.\n")
+    for line in comments or []:
+        out.write(f"# {line}\n")
+    out.write(f"# {PROVENANCE_PREFIX} {json.dumps(provenance, sort_keys=True)}\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(REQUIRED_COLUMNS) + list(extra_columns))
+    for position, table in enumerate(table_list):
+        for row, (t, value) in enumerate(zip(table.thickness_nm, table.intensity)):
+            extras = [f"{extra_columns[name][position][row]:.6e}" for name in extra_columns]
+            writer.writerow([table.material, table.phase, table.orientation, f"{t:g}",
+                             f"{value:.6e}"] + extras)
+    return out.getvalue()
 
 
 def _parse(text: str, source: str, column: str) -> HaadfTables:
+    names = {key: MATERIAL_NAMES[label] for key, label in MATERIAL_LABELS.items()}
+    provenance, tables = _parse_tables(text, source, column, names)
+    return HaadfTables(tables, provenance, source, column,
+                       hashlib.sha256(text.encode()).hexdigest())
+
+
+def _parse_tables(text: str, source: str, column: str,
+                  names: dict[str, str]) -> tuple[dict, list[HaadfTable]]:
+    """Parse and validate the documented format; ``names`` maps lower-case material → name."""
     provenance: dict = {}
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -229,8 +272,9 @@ def _parse(text: str, source: str, column: str) -> HaadfTables:
         if len(fields) != len(header):
             raise TableError(f"{source}:{number}: expected {len(header)} fields, got {len(fields)}")
         material = fields[where["material"]]
-        if material.lower() not in MATERIAL_LABELS:
-            raise TableError(f"{source}:{number}: unknown material {material!r} (known: WO3, TiO2)")
+        if material.lower() not in names:
+            raise TableError(f"{source}:{number}: unknown material {material!r} "
+                             f"(known: {', '.join(names.values())})")
         try:
             thickness = float(fields[where["thickness_nm"]])
             value = float(fields[where[column]])
@@ -241,8 +285,7 @@ def _parse(text: str, source: str, column: str) -> HaadfTables:
         if thickness < 0 or value < 0 or value > 1:
             raise TableError(f"{source}:{number}: need thickness >= 0 and 0 <= {column} <= 1 "
                              f"(fraction of the incident beam), got {thickness}, {value}")
-        key = (MATERIAL_NAMES[MATERIAL_LABELS[material.lower()]], fields[where["phase"]],
-               fields[where["orientation"]])
+        key = (names[material.lower()], fields[where["phase"]], fields[where["orientation"]])
         rows.setdefault(key, []).append((thickness, value))
     tables = []
     for (material, phase, orientation), values in rows.items():
@@ -251,10 +294,18 @@ def _parse(text: str, source: str, column: str) -> HaadfTables:
         if len(thickness) < 2 or np.any(np.diff(thickness) <= 0):
             raise TableError(f"{source}: table {material}/{phase}/{orientation} needs at least two "
                              "rows with strictly increasing thickness_nm")
-        tables.append(HaadfTable(material, MATERIAL_LABELS[material.lower()], phase, orientation,
-                                 thickness, values_array[:, 1]))
-    return HaadfTables(tables, provenance, source, column,
-                       hashlib.sha256(text.encode()).hexdigest())
+        tables.append(HaadfTable(material, MATERIAL_LABELS.get(material.lower(), FILM_LABEL),
+                                 phase, orientation, thickness, values_array[:, 1]))
+    return provenance, tables
+
+
+def _read_table_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise TableError(f"{path}: HAADF table file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TableError(f"{path}: cannot read HAADF table file ({error})") from None
 
 
 def load_tables(path: str | Path | None = None, column: str = "intensity") -> HaadfTables:
@@ -274,13 +325,7 @@ def load_tables(path: str | Path | None = None, column: str = "intensity") -> Ha
     if path is None:
         return _shipped_tables(column)
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise TableError(f"{path}: HAADF table file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TableError(f"{path}: cannot read HAADF table file ({error})") from None
-    return _parse(text, str(path), column)
+    return _parse(_read_table_file(path), str(path), column)
 
 
 @functools.lru_cache(maxsize=4)
@@ -292,3 +337,56 @@ def _shipped_tables(column: str) -> HaadfTables:
         raise TableError(f"{resource}: the shipped HAADF tables are missing; create them with "
                          "tools/make_haadf_tables.py or pass a table file") from None
     return _parse(text, f"hagg_tf:stem/data/{SHIPPED_TABLES}", column)
+
+
+def load_film_table(path: str | Path | None = None, column: str = "intensity") -> HaadfTable:
+    """Load and validate the HAADF table of the amorphous carbon support film.
+
+    The file has the documented format with exactly one table, material ``C``, phase
+    ``amorphous`` (any orientation label; the shipped one is ``random``), thickness starting
+    at 0. Its intensity is the fraction of the beam that the film alone scatters onto the
+    detector, per film thickness (nm).
+
+    Args:
+        path: a film table file; None loads the shipped abTEM table
+            ``hagg_tf/stem/data/carbon_film_table.csv``.
+        column: "intensity" (measured detector sensitivity) or "intensity_flat" (flat
+            55–250 mrad annulus), as for the particle tables.
+
+    Returns:
+        The table (material "C", label `FILM_LABEL`), with its source, sha256 and provenance.
+
+    Raises:
+        TableError: missing file, malformed content, invalid values, or not exactly one
+            C/amorphous table (the message names the file).
+    """
+    if path is None:
+        return _shipped_film_table(column)
+    path = Path(path)
+    return _parse_film(_read_table_file(path), str(path), column)
+
+
+def _parse_film(text: str, source: str, column: str) -> HaadfTable:
+    provenance, tables = _parse_tables(text, source, column,
+                                       {FILM_MATERIAL.lower(): FILM_MATERIAL})
+    if len(tables) != 1 or tables[0].phase != FILM_PHASE:
+        found = ", ".join(table.key for table in tables)
+        raise TableError(f"{source}: a film table file holds exactly one {FILM_MATERIAL}/"
+                         f"{FILM_PHASE} table, found: {found}")
+    table = tables[0]
+    if table.thickness_nm[0] != 0.0:
+        raise TableError(f"{source}: the film table must start at thickness 0 nm, "
+                         f"starts at {table.thickness_nm[0]:g}")
+    return dataclasses.replace(table, source=source, provenance=provenance,
+                               sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped_film_table(column: str) -> HaadfTable:
+    resource = importlib.resources.files("hagg_tf.stem") / "data" / SHIPPED_FILM_TABLE
+    try:
+        text = resource.read_text()
+    except FileNotFoundError:
+        raise TableError(f"{resource}: the shipped support-film table is missing; create it with "
+                         "tools/make_haadf_tables.py --phases=C/amorphous or pass a file") from None
+    return _parse_film(text, f"hagg_tf:stem/data/{SHIPPED_FILM_TABLE}", column)
