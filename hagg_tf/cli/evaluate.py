@@ -6,6 +6,8 @@ Examples:
   hagg-evaluate --predictions=work/eval7/predictions.npz --shadow_thetas=0   # no shadows
   hagg-evaluate --predictions=p.npz --shadow_thetas=2 --shadow_aggregates=5 --workers=1
   hagg-evaluate --predictions=p.npz --shadow_thetas=100 --runner=DirectRunner   # shadows on Beam
+  hagg-evaluate --robustness --output=work/robustness        # robustness benchmark only
+  hagg-evaluate --predictions=p.npz --robustness --robustness_conditions=clean,film_5nm
 
 Input: a predictions file (``--predictions``, see hagg_tf/evaluation/predictions.py), or, without
 one, the predictions are computed from ``--dataset`` with ``--model`` (needs TensorFlow) and
@@ -23,6 +25,16 @@ digital shadows draw 2 × shadow_thetas × shadow_aggregates aggregates (the pap
 80 000; 10–25 min on 2 cores); --runner=<a Beam runner> draws them with Apache Beam instead
 (the same descriptors; on a cluster --output must be a folder every worker sees). Bad input:
 one 'error:' line, exit status 2.
+
+--robustness (hagg_tf/evaluation/robustness.py) renders --robustness_thetas θ of the paper
+design's split E × --robustness_images images under named imaging conditions (support film,
+read noise, focus, blur, dose, pixel size, particle radii, …; docs/networks.md), runs the
+networks of --model on them as hagg-characterize does on a user's images, and adds the table
+conditions × metrics to metrics.json ("robustness") and report.md; each condition is cached
+under --robustness_work, where a rerun resumes. Without predictions (no --predictions, no
+--dataset, no <output>/predictions.npz) only the benchmark runs: robustness.json and report.md.
+The full benchmark (150 θ × 12 images, 12 conditions) renders and characterizes 21 600
+images (about 40 min on 2 shared cores).
 """
 from __future__ import annotations
 
@@ -67,6 +79,21 @@ _SEED = define_seed(0, "Seed of groups, shadow configurations and shadows.")
 _BASELINES = flags.DEFINE_string(
     "baselines", None, "Baseline results (.npz, per image, merged by record_index) or fitted "
     "baselines (.json, applied to the images of --dataset).")
+
+_ROBUSTNESS = flags.DEFINE_boolean(
+    "robustness", False, "Run the robustness benchmark (held-out aggregates under named "
+    "imaging conditions) with the networks of --model and add its table to the report.")
+_ROBUSTNESS_THETAS = flags.DEFINE_integer("robustness_thetas", 150,
+                                          "Held-out configurations θ of split E.",
+                                          lower_bound=1)
+_ROBUSTNESS_IMAGES = flags.DEFINE_integer(
+    "robustness_images", 12, "Images per θ (at least the networks' ν).", lower_bound=1)
+_ROBUSTNESS_CONDITIONS = flags.DEFINE_list(
+    "robustness_conditions", None, "Comma-separated condition names (docs/networks.md, "
+    "'Robustness'); default: all, in the benchmark's order.")
+_ROBUSTNESS_WORK = flags.DEFINE_string(
+    "robustness_work", None, "Folder of the per-condition results, where a rerun resumes; "
+    "default <output>/robustness.")
 
 #: Group sizes the multi-image networks are run with when predictions are computed here.
 _PREDICTED_NUS = (4, 8, 12, 16)
@@ -130,6 +157,38 @@ def _model_card(predictions, ran_networks: bool):
     return card if isinstance(card, dict) else None
 
 
+def _run_robustness(output: Path) -> dict:
+    """The robustness benchmark's result (TensorFlow); also written to robustness.json."""
+    from hagg_tf.model.io import atomic_write
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        from hagg_tf.evaluation import robustness
+    except ImportError as error:
+        fail(f"the robustness benchmark needs the renderer and TensorFlow ({error})")
+    names = (_ROBUSTNESS_CONDITIONS.value if _ROBUSTNESS_CONDITIONS.value
+             else list(robustness.ROBUSTNESS_CONDITIONS))
+    work = Path(_ROBUSTNESS_WORK.value) if _ROBUSTNESS_WORK.value else output / "robustness"
+    try:
+        names = robustness.check_condition_names(names)
+        print(f"robustness benchmark: {_ROBUSTNESS_THETAS.value} θ × "
+              f"{_ROBUSTNESS_IMAGES.value} images under {len(names)} conditions "
+              f"({', '.join(names)}); results under {work}/ …")
+        result = robustness.run_robustness(
+            _MODEL.value, conditions=names, thetas=_ROBUSTNESS_THETAS.value,
+            images_per_theta=_ROBUSTNESS_IMAGES.value, seed=_SEED.value, work_dir=work)
+    except FileNotFoundError as error:
+        fail(f"{error} (the robustness benchmark runs the networks as hagg-characterize "
+             "does: --model must be a composite export of hagg-export-models)")
+    except (robustness.RobustnessError, ValueError, OSError) as error:
+        fail(str(error))
+    atomic_write(output / "robustness.json", lambda stream: stream.write(
+        json.dumps(result, indent=1, allow_nan=False).encode()))
+    for row in robustness.robustness_table(result):
+        print(" | ".join(row))
+    return result
+
+
 def main(argv):
     runner, beam_args = runner_and_beam_args(argv, _RUNNER, _BEAM_ARGS)
     output = check_output_dir(_OUTPUT.value)
@@ -150,6 +209,12 @@ def main(argv):
     path = Path(_PREDICTIONS.value) if _PREDICTIONS.value is not None else own_file
     if _PREDICTIONS.value is not None and not path.is_file():
         fail(f"--predictions={path}: no such file")
+    if _ROBUSTNESS.value and _DATASET.value is None and not path.is_file():
+        # nothing to evaluate the paper's way: the benchmark alone
+        result = _run_robustness(output)
+        report_path = report.write_robustness_report(output / "report.md", result)
+        print(f"wrote {output / 'robustness.json'} and {report_path}")
+        return
     try:
         if path.is_file():
             if path == own_file and _PREDICTIONS.value is None:
@@ -184,6 +249,8 @@ def main(argv):
     except (PredictionsError, ValueError, ImportError) as error:
         fail(str(error))
     metrics["settings"]["predictions"] = str(path)
+    if _ROBUSTNESS.value:
+        metrics["robustness"] = _run_robustness(output)
     metrics_path = atomic_write(output / "metrics.json", lambda stream: stream.write(
         json.dumps(metrics, indent=1, allow_nan=False).encode()))
     try:

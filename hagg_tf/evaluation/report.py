@@ -396,6 +396,51 @@ def _baselines(metrics) -> list[str]:
     return lines + _table(["quantity", "paper", "baseline (ours)", "CNN (ours)"], rows) + [""]
 
 
+def robustness_section(robustness: Mapping) -> list[str]:
+    """The robustness benchmark's table (:mod:`hagg_tf.evaluation.robustness`) as markdown.
+
+    Args:
+        robustness: the dict of :func:`~hagg_tf.evaluation.robustness.run_robustness` (as in
+            ``metrics.json["robustness"]`` or ``robustness.json``).
+    """
+    from hagg_tf.evaluation.robustness import robustness_table
+
+    settings = robustness["settings"]
+    lines = ["## Robustness: the same held-out aggregates under other imaging conditions", "",
+             f"{settings['thetas']} θ of E × {settings['images_per_theta']} images (selection "
+             f"seed {settings['selection_seed']}), each rendered under every condition and run "
+             "through `characterize` as a user's PNG would be (normalization, resampling to "
+             "the networks' pixel size, fit to their input). θ̂_ρ and ρ̂ with the classifier; "
+             "θ̂_0, θ̂_1 after rounding; classifier accuracy per image against ρ(A) ∈ {0, 1}; "
+             "warned: samples (θ) for which characterize printed any warning (listed below); "
+             "refused: samples characterize would not estimate.", ""]
+    header, *rows = robustness_table(robustness)
+    lines += _table(header, rows)
+    lines += ["", "Conditions:", ""]
+    for name in robustness["order"]:
+        entry = robustness["conditions"][name]
+        lines.append(f"- `{name}`: {entry['description']}")
+        # each kind up to its first ";" (what is off, not the advice); whole in the JSON
+        lines += [f"  - warned in {count} of {entry['metrics']['groups']} samples: "
+                  f"{kind.split(';')[0]}" for kind, count in entry["warnings"].items()]
+    return lines + [""]
+
+
+def write_robustness_report(path, robustness: Mapping) -> Path:
+    """Writes a report holding only :func:`robustness_section` (``hagg-evaluate
+    --robustness`` without predictions) atomically and returns the path."""
+    settings = robustness["settings"]
+    lines = ["# Robustness benchmark", "",
+             f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
+             "`hagg_tf.evaluation.robustness` (`hagg-evaluate --robustness`).", "",
+             f"- model: `{settings['model']}` (model card status "
+             f"{settings.get('model_card_status') or 'not given'})",
+             f"- design seed {settings['design_seed']}; {settings['image_size']} px of "
+             f"{settings['pixel_size_nm']:g} nm", ""]
+    text = "\n".join(lines + robustness_section(robustness)).rstrip() + "\n"
+    return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
 def render_report(metrics: Mapping, figures: Optional[Mapping[str, Path]] = None,
                   model_card: Optional[Mapping] = None) -> str:
     """The markdown report.
@@ -419,6 +464,8 @@ def render_report(metrics: Mapping, figures: Optional[Mapping[str, Path]] = None
                     _cluster_size(metrics, figures, "tio2_cluster_size"),
                     _table5(metrics, figures), _fig15(metrics, figures), _baselines(metrics)):
         lines += section
+    if metrics.get("robustness"):
+        lines += robustness_section(metrics["robustness"])
     return "\n".join(lines).rstrip() + "\n"
 
 
