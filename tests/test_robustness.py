@@ -154,6 +154,15 @@ def test_benchmark_caches_each_condition_and_resumes(tmp_path, monkeypatch, caps
     assert len(table) == 1 + 3 and table[1].startswith("| clean | ")
     path = report.write_robustness_report(tmp_path / "report.md", again)
     assert "| focus_50nm |" in path.read_text()
+    # beside the paper's evaluation: the same table at the end of its report
+    from test_paper_evaluation import make_predictions
+
+    from hagg_tf.evaluation.paper_evaluation import evaluate_predictions
+
+    metrics = evaluate_predictions(make_predictions(4, 12), shadow_thetas=0, progress=False)
+    metrics["robustness"] = again
+    text = report.render_report(metrics)
+    assert text.index("## Robustness") > text.index("## Table 4") and table[1] in text
     with pytest.raises(robustness.RobustnessError, match="unknown robustness condition"):
         robustness.run_robustness(model, conditions=["fog"], config=TINY)
     with pytest.raises(robustness.RobustnessError, match="fewer than"):

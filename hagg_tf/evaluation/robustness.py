@@ -333,7 +333,8 @@ def _model_fingerprint(model: _LazyModel) -> dict:
 def _settings(name: str, condition: RobustnessCondition, config: DatasetConfig,
               samples: np.ndarray, selection_seed: int, model) -> dict:
     return {"format": ROBUSTNESS_FORMAT, "condition": name,
-            **condition_record(condition, config), "design": config.to_dict(), "selection_seed": int(selection_seed),
+            **condition_record(condition, config), "design": config.to_dict(),
+            "selection_seed": int(selection_seed),
             "samples_sha256": json_sha256(samples.tolist()), "model": _model_fingerprint(model)}
 
 
