@@ -317,6 +317,7 @@ def test_characterize_reports_the_domain_in_warnings_and_report_json(tmp_path, e
     assert bare.domain["training_domain"] is None and "images" not in bare.domain
 
 
+@pytest.mark.slow
 def test_tool_warns_about_a_noisy_background_naming_it(tmp_path, example_images):
     from hagg_tf.stem.io import write_stem_png
     from hagg_tf.stem.render import StemImage

@@ -469,6 +469,7 @@ def test_hagg_serve_refuses_bad_flags_in_one_line(arguments, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
 
 
+@pytest.mark.slow
 def test_hagg_serve_serves_stops_on_sigterm_and_writes_only_its_log(tmp_path):
     home, cwd, scratch, log = (tmp_path / name for name in ("home", "cwd", "tmp", "log"))
     for folder in (home, cwd, scratch):
