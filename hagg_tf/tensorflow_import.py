@@ -43,6 +43,22 @@ def _stderr_silenced():
         os.close(saved)
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Mutes what native (C++) code writes to stderr for the duration, unless
+    ``$HAGG_TF_VERBOSE`` asks for it (:func:`tensorflow_verbose`).
+
+    For TensorFlow's import and for other native runtimes that announce themselves there
+    unasked (LiteRT's "Created TensorFlow Lite XNNPACK delegate"); Python exceptions raised
+    inside still propagate, after stderr is restored.
+    """
+    if tensorflow_verbose():
+        yield
+        return
+    with _stderr_silenced():
+        yield
+
+
 def import_tensorflow_quietly():
     """Imports TensorFlow (and Keras) and returns the ``tensorflow`` module.
 
@@ -56,12 +72,9 @@ def import_tensorflow_quietly():
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    if tensorflow_verbose():
-        import tensorflow as tf
-        import keras  # noqa: F401  (imported here so that its start-up is covered too)
-        return tf
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LOG_LEVEL)
-    with _stderr_silenced():
+    if not tensorflow_verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LOG_LEVEL)
+    with quiet_native_stderr():
         import tensorflow as tf  # noqa: F401  (the import is the point)
-        import keras  # noqa: F401
+        import keras  # noqa: F401  (imported here so that its start-up is covered too)
     return tf

@@ -281,14 +281,12 @@ def test_module_does_not_import_tensorflow():
 
 
 @pytest.fixture(scope="module")
-def tiny_database(tmp_path_factory):
+def tiny_database(tiny_database):
+    """The tiny preset at its own 64 px (the session's database of tests/conftest.py)."""
     pytest.importorskip("tensorflow")
-    from hagg_tf.data import generate_dataset, preset
+    from hagg_tf.data import preset
 
-    output = tmp_path_factory.mktemp("tiny") / "db"
-    report = generate_dataset(output, preset("tiny"), workers=1, progress=False)
-    assert report.complete
-    return output
+    return tiny_database(preset("tiny").image_size)
 
 
 def test_split_streaming_fit_and_apply_in_database_order(tiny_database, tmp_path):

@@ -16,33 +16,15 @@ from hagg_tf.data.augment import (NO_AUGMENTATION, Augmentation, augment_image, 
                                   sample_seed)
 from hagg_tf.networks import (INVERSION_THRESHOLD, build_network, compile_network,  # noqa: E402
                               minimum_image_size, preprocess_images_numpy)
-from hagg_tf.model.parameters import TIO2, WO3  # noqa: E402
-from hagg_tf.stem import HaadfTable, HaadfTables  # noqa: E402
 
 # Networks need ≥ 156 pixels; the pipelines themselves would run at any size.
 IMAGE_SIZE = minimum_image_size()
-CONFIG = data.preset("tiny", image_size=IMAGE_SIZE)
-
-
-def write_test_tables(path):
-    """Synthetic HAADF tables: WO3 ten times brighter than TiO2, linear in thickness."""
-    thickness = np.linspace(0.0, 80.0, 81)
-    tables = HaadfTables([
-        HaadfTable("WO3", WO3, "gamma", "a", thickness, 0.004 * thickness),
-        HaadfTable("TiO2", TIO2, "rutile", "a", thickness, 0.0004 * thickness),
-    ])
-    path.write_text(tables.to_text())
-    return path
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    tables = write_test_tables(root / "tables.csv")
-    report = data.generate_dataset(root / "db", CONFIG, workers=2, tables_path=str(tables),
-                                   progress=False)
-    assert report.complete
-    return root / "db"
+def db(tiny_synthetic_database):
+    """The tiny preset at IMAGE_SIZE with synthetic HAADF tables (tests/conftest.py)."""
+    return tiny_synthetic_database
 
 
 @pytest.fixture(scope="module")

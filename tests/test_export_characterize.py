@@ -13,11 +13,15 @@ from hagg_tf.estimation import CharacterizeModel, ThetaEstimate, estimate_with_n
 from hagg_tf.estimation.model import METADATA_FILENAME as ESTIMATION_METADATA  # noqa: E402
 from hagg_tf.export import METADATA_FILENAME  # noqa: E402
 from hagg_tf.estimation.model import resolve_version_dir  # noqa: E402
+from hagg_tf.estimation.model import (CLUSTER_HEAD_OUTPUTS, CLUSTER_HEADS_SIGNATURE,  # noqa
+                                      PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, TIO2_FEATURES,
+                                      WO3_FEATURES)
 from hagg_tf.export.characterize import (INVERTED_IMAGES_INPUT, NETWORK_ORDER,  # noqa: E402
                                          OUTPUT_SHAPES, PREPROCESSED_ENDPOINT,
                                          CharacterizeModule, _network_settings,
                                          export_characterize_model, load_network_weights,
-                                         network_weights, set_network_weights)
+                                         network_weights, set_network_weights, stored_weights)
+from hagg_tf.networks.architecture import get_head  # noqa: E402
 from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, preprocess_images_numpy  # noqa
 
 pytestmark = pytest.mark.filterwarnings(
@@ -61,7 +65,8 @@ def test_composite_matches_the_keras_networks(exported):
     assert model.version_dir == version_dir
     assert version_dir.name == "2" and version_dir.parent.name == "characterize"
     loaded = model.saved_model  # tf.saved_model.load: plain TensorFlow, no hagg_tf code needed
-    assert {"serving_default", "serving_uint16", PREPROCESSED_ENDPOINT} <= set(loaded.signatures)
+    assert {"serving_default", "serving_uint16", PREPROCESSED_ENDPOINT, PER_IMAGE_SIGNATURE,
+            CLUSTER_HEADS_SIGNATURE} <= set(loaded.signatures)
     serve = loaded.signatures["serving_default"]
     _, inputs = serve.structured_input_signature
     assert set(inputs) == {"images", "electrons_per_pixel"}
@@ -115,6 +120,24 @@ def test_metadata_and_weights_round_trip(exported):
     assert metadata["image_size"] == SMALL and metadata["num_images"] == NU
     assert metadata["pixel_size_nm"] == 3.5 and metadata["model_card"] == {"status": "test"}
     assert set(metadata["networks"]) == set(NETWORK_ORDER)
+    feature_dim = networks.FEATURE_DIM
+    assert metadata["signatures"][PER_IMAGE_SIGNATURE]["outputs"] == {
+        "fractal_dimension_per_image": ["b", "n"], "mixing_ratio_regressor_per_image": ["b", "n"],
+        "homogeneous_probability_per_image": ["b", "n"],
+        WO3_FEATURES: ["b", "n", feature_dim], TIO2_FEATURES: ["b", "n", feature_dim]}
+    assert metadata["signatures"][CLUSTER_HEADS_SIGNATURE] == {
+        "inputs": {WO3_FEATURES: ["k", NU, feature_dim], TIO2_FEATURES: ["k", NU, feature_dim]},
+        "outputs": {"wo3_cluster_size_raw": ["k"], "tio2_cluster_size_raw": ["k"]}}
+    # The metadata says what the SavedModel holds: names, ranks and the fixed sizes.
+    for name, signature in metadata["signatures"].items():
+        function = model.saved_model.signatures[name]
+        _, inputs = function.structured_input_signature
+        assert set(inputs) == set(signature["inputs"]), name
+        for key, shape in signature["inputs"].items():
+            assert [size if isinstance(size, int) else None for size in shape] == \
+                list(inputs[key].shape), (name, key)
+        outputs = signature.get("outputs", metadata["outputs"])
+        assert set(function.structured_outputs) == set(outputs), name
     assert metadata["networks"]["fractal_dimension"]["parameters"] == \
         models["fractal_dimension"].count_params()
     assert (model.image_size, model.num_images, model.pixel_size_nm) == (SMALL, NU, 3.5)
@@ -133,28 +156,52 @@ def test_metadata_and_weights_round_trip(exported):
         model.estimate(np.zeros((NU - 1, SMALL, SMALL)), np.ones(NU - 1))
 
 
-def test_float16_kernels_halve_the_weights_and_change_little(exported):
+def test_float16_storage_is_a_weight_transformation_of_the_keras_network(exported):
+    # stored_weights(…, "float16") rounds the kernels and nothing else; the graph runs the
+    # Keras network on exactly those weights (cast back to float32), to float32 round-off.
     models, _, model = exported
     weights = {name: network_weights(models[name]) for name in NETWORK_ORDER}
     settings = {name: _network_settings(models[name]) for name in NETWORK_ORDER}
-    half = CharacterizeModule(weights, settings, SMALL, NU, kernel_dtype="float16")
+    for name in NETWORK_ORDER:
+        half = stored_weights(weights[name], "float16")
+        assert set(half) == set(weights[name])
+        for key, value in half.items():
+            assert value.dtype == (np.float16 if key.endswith("/kernel") else np.float32), key
+            if value.dtype == np.float32:
+                np.testing.assert_array_equal(value, weights[name][key])
+            else:  # float16 rounding: relative error at most 2**-11 (normal range)
+                np.testing.assert_allclose(value.astype(np.float32), weights[name][key],
+                                           rtol=2.0 ** -11, atol=2.0 ** -24)
+    module = CharacterizeModule(weights, settings, SMALL, NU, kernel_dtype="float16")
 
-    def stored_bytes(module):
-        return sum(variable.numpy().nbytes for network in module.networks.values()
-                   for variable in network.weights.values())
-
-    full = CharacterizeModule(weights, settings, SMALL, NU, kernel_dtype="float32")
-    assert stored_bytes(half) < 0.51 * stored_bytes(full)
+    stored = sum(variable.numpy().nbytes for network in module.networks.values()
+                 for variable in network.weights.values())
+    assert stored < 0.51 * sum(value.nbytes for network in weights.values()
+                               for value in network.values())
     rng = np.random.default_rng(3)
-    counts = synthetic_counts(rng, (2, NU + 1), SMALL).astype(np.float32)
-    electrons = np.full((2, NU + 1), ELECTRONS_PER_PIXEL, np.float32)
+    counts = synthetic_counts(rng, (NU + 1,), SMALL).astype(np.float32)
+    electrons = np.full((NU + 1,), ELECTRONS_PER_PIXEL, np.float32)
+    half_out = {key: value.numpy()[0] for key, value in module.serve(
+        counts[np.newaxis], electrons[np.newaxis]).items()}
+    rounded = {}
+    for name in NETWORK_ORDER:
+        rounded[name] = networks.build_network(name, SMALL, num_images=NU)
+        set_network_weights(rounded[name], {key: value.astype(np.float32) for key, value in
+                                            stored_weights(weights[name], "float16").items()})
+    keras_half = estimate_with_networks(rounded, counts, electrons)
     full_out = model.outputs(counts, electrons)
-    half_out = {key: value.numpy() for key, value in half.serve(counts, electrons).items()}
-    for key in ("fractal_dimension_per_image", "mixing_ratio_regressor_per_image",
-                "homogeneous_probability_per_image", "wo3_cluster_size_per_subset",
-                "tio2_cluster_size_per_subset"):
-        # Kernels rounded to float16 (relative 5e-4) with the last layer amplified 10×.
-        np.testing.assert_allclose(half_out[key], full_out[key], rtol=0, atol=0.05, err_msg=key)
+    fields = ("fractal_dimension_per_image", "mixing_ratio_regressor_per_image",
+              "homogeneous_probability_per_image", "wo3_cluster_size_per_subset",
+              "tio2_cluster_size_per_subset")
+    for key in fields:
+        # The graph is the Keras network with the transformed weights …
+        np.testing.assert_allclose(half_out[key], getattr(keras_half, key), rtol=1e-5,
+                                   atol=1e-5, err_msg=key)
+        # … which is close to the original (kernels rounded to float16, relative 5e-4, with the
+        # last layer amplified 10×), but not equal to it.
+        np.testing.assert_allclose(half_out[key], full_out[key][0], rtol=0, atol=0.05,
+                                   err_msg=key)
+    assert max(np.max(np.abs(half_out[key] - full_out[key][0])) for key in fields) > 1e-6
 
 
 def test_composite_rounds_cluster_sizes_to_integers_at_least_zero(exported):
@@ -164,10 +211,13 @@ def test_composite_rounds_cluster_sizes_to_integers_at_least_zero(exported):
     from hagg_tf.estimation import round_cluster_size
     models, _, _ = exported
     weights = {name: network_weights(models[name]) for name in NETWORK_ORDER}
-    settings = {name: dict(_network_settings(models[name])) for name in NETWORK_ORDER}
-    settings["wo3_cluster_size"].update(activation="scaled_sigmoid", scale=1.0, offset=-2.0)
-    settings["tio2_cluster_size"].update(activation="scaled_sigmoid", scale=1.0, offset=2.0)
+    settings = {name: _network_settings(models[name]) for name in NETWORK_ORDER}
     module = CharacterizeModule(weights, settings, SMALL, NU, kernel_dtype="float32")
+    # The graph calls the Keras layers, so swapping the output activation (before the first
+    # trace) changes what the signatures compute.
+    for name, offset in (("wo3_cluster_size", -2.0), ("tio2_cluster_size", 2.0)):
+        output_layer = get_head(module.networks[name].keras_model).layers[-1]
+        output_layer.activation = lambda logits, offset=offset: tf.sigmoid(logits) + offset
     counts = synthetic_counts(np.random.default_rng(4), (3, NU), SMALL).astype(np.float32)
     electrons = np.full((3, NU), ELECTRONS_PER_PIXEL, np.float32)
     for outputs in (module.serve(counts, electrons), module.serve_uint16(
@@ -209,3 +259,79 @@ def test_tensorflow_inversion_keeps_p_equal_to_t_and_inverts_just_above():
     assert [out[i, 0, 0] for i in range(3)] == [0.5, -0.5, -0.5]
     np.testing.assert_array_equal(out, preprocess_images_numpy(
         images, electrons, inversion_threshold=INVERSION_THRESHOLD))
+
+
+def test_theta_from_the_per_image_and_cluster_heads_signatures_equals_serving_default(exported):
+    # Contract A: θ̂ recomputed in numpy from serving_per_image and serving_cluster_heads (means
+    # per image, combine_mixing_ratio, heads averaged over the cyclic ν-subsets, then η) is
+    # serving_default's θ̂, for n = ν (one stack) and n > ν (n stacks).
+    from hagg_tf.estimation import combine_mixing_ratio, cyclic_subsets, round_cluster_size
+    _, _, model = exported
+    rng = np.random.default_rng(5)
+    for available in (NU, NU + 2):
+        counts = synthetic_counts(rng, (available,), SMALL).astype(np.float32)
+        electrons = np.full(available, ELECTRONS_PER_PIXEL, np.float32)
+        served = ThetaEstimate.from_outputs(model.outputs(counts, electrons))
+        per_image = model.per_image(counts, electrons)
+        assert tuple(per_image) == PER_IMAGE_OUTPUTS
+        for key in PER_IMAGE_OUTPUTS[:3]:
+            assert per_image[key].shape == (available,)
+        assert per_image[WO3_FEATURES].shape == (available, networks.FEATURE_DIM)
+        assert per_image[TIO2_FEATURES].shape == (available, networks.FEATURE_DIM)
+        # CNN^1's features come from the inverted images: not CNN^0's f on the plain ones.
+        assert not np.allclose(per_image[WO3_FEATURES], per_image[TIO2_FEATURES])
+        subsets = cyclic_subsets(available, NU)
+        heads = model.cluster_heads(per_image[WO3_FEATURES][subsets],
+                                    per_image[TIO2_FEATURES][subsets])
+        assert tuple(heads) == CLUSTER_HEAD_OUTPUTS
+        assert heads["wo3_cluster_size_raw"].shape == (len(subsets),)
+        mixing = combine_mixing_ratio(per_image["mixing_ratio_regressor_per_image"],
+                                      per_image["homogeneous_probability_per_image"])
+        recomputed_raw = (per_image["fractal_dimension_per_image"].mean(), mixing.mean(),
+                          heads["wo3_cluster_size_raw"].mean(),
+                          heads["tio2_cluster_size_raw"].mean())
+        np.testing.assert_allclose(recomputed_raw, served.theta_raw, rtol=1e-5, atol=1e-5)
+        assert (round_cluster_size(recomputed_raw[2]), round_cluster_size(recomputed_raw[3])) \
+            == served.theta[2:]
+        np.testing.assert_allclose(heads["wo3_cluster_size_raw"],
+                                   served.wo3_cluster_size_per_subset, rtol=1e-5, atol=1e-5)
+        # The per-image values of an image do not depend on the other images: the first image
+        # alone (n = 1 < ν is fine here) gives the same.
+        alone = model.per_image(counts[:1], electrons[:1])
+        for key in PER_IMAGE_OUTPUTS:
+            np.testing.assert_allclose(alone[key][0], per_image[key][0], rtol=1e-5, atol=1e-5)
+
+    # (b, n, H, W) input keeps the b axis; the heads refuse stacks of the wrong ν.
+    counts = synthetic_counts(rng, (2, NU), SMALL)
+    batched = model.per_image(counts, np.full((2, NU), ELECTRONS_PER_PIXEL))
+    assert batched[WO3_FEATURES].shape == (2, NU, networks.FEATURE_DIM)
+    with pytest.raises(ValueError, match="nu"):
+        model.cluster_heads(batched[WO3_FEATURES][:, :NU - 1], batched[TIO2_FEATURES][:, :NU - 1])
+
+
+def test_new_signatures_take_the_input_names_of_the_contract(exported):
+    _, _, model = exported
+    signatures = model.saved_model.signatures
+    _, per_image_inputs = signatures[PER_IMAGE_SIGNATURE].structured_input_signature
+    assert set(per_image_inputs) == {"images", "electrons_per_pixel"}
+    _, head_inputs = signatures[CLUSTER_HEADS_SIGNATURE].structured_input_signature
+    assert {key: tuple(spec.shape) for key, spec in head_inputs.items()} == {
+        WO3_FEATURES: (None, NU, networks.FEATURE_DIM),
+        TIO2_FEATURES: (None, NU, networks.FEATURE_DIM)}
+    assert set(signatures[CLUSTER_HEADS_SIGNATURE].structured_outputs) == \
+        set(CLUSTER_HEAD_OUTPUTS)
+
+
+def test_get_head_applied_to_f_is_the_network(exported):
+    # The accessors the export traces: g(concatenated f(images)) is the Keras network's output.
+    models, _, _ = exported
+    images = preprocess_images_numpy(synthetic_counts(np.random.default_rng(6), (2, NU), SMALL))
+    for name in ("fractal_dimension", "tio2_cluster_size"):
+        model = models[name]
+        f, g = networks.get_feature_extractor(model), get_head(model)
+        batch = images[:, 0, ..., None] if name == "fractal_dimension" else images[..., None]
+        features = np.asarray(f(batch.reshape((-1, SMALL, SMALL, 1)), training=False))
+        got = np.asarray(g(features.reshape(len(batch), -1), training=False))
+        np.testing.assert_allclose(got, np.asarray(model(batch, training=False)), rtol=1e-6,
+                                   atol=1e-6, err_msg=name)
+        assert g.output_shape == (None, 1) and len(g.weights) == 4  # dense 44 and dense 1

@@ -335,3 +335,60 @@ def test_keras_file_round_trip(tmp_path, multi_image_setup):
     layer = reloaded_single.get_layer("fractal_dimension")
     assert isinstance(layer, networks.ScaledSigmoid)
     assert (layer.scale, layer.offset) == (1.4, 1.3)
+
+
+# --- the registry and the accessors -----------------------------------------------------------
+
+def test_registry_holds_each_networks_target_column_and_threshold():
+    from hagg_tf.data import network_specs
+    from hagg_tf.model.parameters import ModelParameters
+
+    # One registry: hagg_tf.networks re-exports the data-level one, not a copy.
+    assert networks.NETWORK_SPECS is network_specs.NETWORK_SPECS
+    assert networks.NETWORK_NAMES == tuple(network_specs.NETWORK_SPECS)
+    theta = ModelParameters(1.8, 0.4, 3, 5)
+    # θ column of each network: the position of the parameter it estimates in θ's tuple form.
+    estimated = {"fractal_dimension": 1.8, "mixing_ratio_regressor": 0.4,
+                 "mixing_ratio_classifier": 0.4, "wo3_cluster_size": 3, "tio2_cluster_size": 5}
+    for name, spec in networks.NETWORK_SPECS.items():
+        assert theta.as_tuple()[spec.theta_column] == estimated[name]
+        assert getattr(theta, spec.theta_name) == estimated[name]
+        assert spec.sample_kind == ("multi" if spec.multi_image else
+                                    "classification" if spec.loss == "binary_crossentropy"
+                                    else "single")
+    assert [name for name, spec in networks.NETWORK_SPECS.items() if spec.is_classifier] == \
+        ["mixing_ratio_classifier"]
+    assert networks.CLASSIFIER_THRESHOLD == 0.5
+    from hagg_tf.estimation import estimators
+    assert estimators.CLASSIFIER_THRESHOLD is networks.CLASSIFIER_THRESHOLD
+    with pytest.raises(ValueError, match="theta_column"):
+        network_specs.NetworkSpec("x", "x", "x", False, "relu", "mse", 1, image_label="y")
+
+
+def test_registry_and_preprocessing_import_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; import hagg_tf.data.network_specs, hagg_tf.data.preprocessing as p; "
+            "import numpy as np; p.preprocess_images_numpy(np.ones((4, 4)), 1.0, "
+            "inversion_threshold=p.INVERSION_THRESHOLD); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["fractal_dimension", "tio2_cluster_size"])
+def test_accessors_reach_the_pooling_and_the_head(name):
+    model = networks.build_network(name, image_size=128, num_images=2, architecture="compact")
+    pooling = networks.input_pooling_layer(model)
+    assert pooling.pool_size[0] == networks.get_architecture("compact").input_pooling
+    f = networks.get_feature_extractor(model)
+    assert networks.input_pooling_layer(f) is pooling
+    stack = (3, 2) if networks.network_spec(name).multi_image else (3,)
+    images = np.random.default_rng(0).uniform(-0.5, 0.5, stack + (128, 128, 1)).astype(np.float32)
+    features = np.asarray(f(images.reshape((-1, 128, 128, 1)), training=False))
+    features = features.reshape(3, -1)  # slot-major concatenation of the ν feature vectors
+    for layer in networks.head_layers(model):
+        features = layer(features)
+    np.testing.assert_allclose(np.asarray(features), np.asarray(model(images, training=False)),
+                               rtol=1e-5, atol=1e-6)

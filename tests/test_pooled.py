@@ -209,7 +209,7 @@ def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache):
 
 def test_compact_composite_export_matches_the_keras_networks(tmp_path):
     from hagg_tf.export.characterize import export_characterize_model
-    from hagg_tf.training.exporting import networks_from_composite
+    from hagg_tf.export.from_training import networks_from_composite
 
     keras.utils.set_random_seed(3)
     models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")

@@ -27,8 +27,8 @@ from hagg_tf import networks  # noqa: E402
 from hagg_tf.export.saved_model import DOSE_INPUT, IMAGES_INPUT  # noqa: E402
 from hagg_tf.training import (BACKUP, BEST_MODEL, HISTORY, LAST_MODEL, SUMMARY,  # noqa: E402
                               backup_epoch, load_trained_network, read_history)
-from hagg_tf.training.exporting import (NETWORK_NAMES, TRAINING_LOG,  # noqa: E402
-                                        export_from_runs)
+from hagg_tf.export.from_training import (NETWORK_NAMES, TRAINING_LOG,  # noqa: E402
+                                          export_from_runs)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")

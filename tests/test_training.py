@@ -1,4 +1,5 @@
 """Training runs: the loss goes down, an interrupted run resumes from its backup, strategies."""
+import dataclasses
 import json
 
 import numpy as np
@@ -7,19 +8,13 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from hagg_tf import data  # noqa: E402
-from hagg_tf.model.parameters import TIO2, WO3  # noqa: E402
-from hagg_tf.networks import minimum_image_size  # noqa: E402
-from hagg_tf.stem import HaadfTable, HaadfTables  # noqa: E402
-from hagg_tf.training import (SUMMARY, TrainingError, backup_epoch, read_history,  # noqa: E402
+from hagg_tf.training import (SUMMARY, TrainingConfig, TrainingError,  # noqa: E402
+                              backup_epoch, load_trained_network, read_history, train,
                               train_network)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
     "ignore:`shuffle=True` was passed:UserWarning")
-
-IMAGE_SIZE = minimum_image_size()  # 156 px: the smallest input the networks take
-CONFIG = data.preset("tiny", image_size=IMAGE_SIZE)
 
 
 class Interrupted(Exception):
@@ -27,16 +22,9 @@ class Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def tiny_db(tmp_path_factory):
-    root = tmp_path_factory.mktemp("training")
-    thickness = np.linspace(0.0, 80.0, 81)
-    tables = HaadfTables([HaadfTable("WO3", WO3, "gamma", "a", thickness, 0.004 * thickness),
-                          HaadfTable("TiO2", TIO2, "rutile", "a", thickness, 0.0004 * thickness)])
-    (root / "tables.csv").write_text(tables.to_text())
-    report = data.generate_dataset(root / "db", CONFIG, workers=1,
-                                   tables_path=str(root / "tables.csv"), progress=False)
-    assert report.complete
-    return root / "db"
+def tiny_db(tiny_synthetic_database):
+    """The tiny preset at the networks' smallest size, 156 px (tests/conftest.py)."""
+    return tiny_synthetic_database
 
 
 class _Interrupter(keras.callbacks.Callback):
@@ -194,3 +182,34 @@ def test_run_interrupted_between_step_backups_keeps_its_finished_epochs(tiny_db,
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
     assert rows[0] == first_row[0]  # the finished epoch's row is neither replaced nor repeated
     assert json.loads((run / SUMMARY).read_text())["images_seen"] == 3 * 3 * 8
+
+
+@pytest.mark.parametrize("source", ["TFRecord pipeline", "pooled cache"])
+def test_one_trainer_runs_either_batch_source_and_records_its_config(tiny_compact_cache,
+                                                                      tmp_path, source):
+    from hagg_tf.networks import architecture_of
+
+    database, cache = tiny_compact_cache
+    pooled_cache = cache if source == "pooled cache" else None
+    run = tmp_path / "run"
+    config = TrainingConfig("mixing_ratio_classifier", database, run, epochs=1,
+                            steps_per_epoch=1, batch_size=4, architecture="compact",
+                            pooled_cache=pooled_cache, calibration_batches=1,
+                            validation_steps=1, seed=2, verify="size")
+    result = train(config, verbose=0)
+    assert result.final_epoch == 1 and result.monitor == "val_loss"
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["input"].startswith(source)
+    # The config is written as dataclasses.asdict of the resolved config and reads back.
+    resolved = config.resolved()
+    assert resolved.batch_size == 4 and resolved.learning_rate == 1e-4
+    assert summary["config"] == dataclasses.asdict(resolved)
+    assert TrainingConfig.from_run(run) == resolved
+    assert architecture_of(load_trained_network(run, "last")).name == "compact"
+    with pytest.raises(TrainingError, match="no training config"):
+        TrainingConfig.from_run(tmp_path / "missing")
+    if pooled_cache is not None:
+        # A cache pooled for another architecture is refused, naming both poolings.
+        with pytest.raises(TrainingError, match="pools 4×4, the table3 architecture 2×2"):
+            train(dataclasses.replace(config, output=str(tmp_path / "t3"),
+                                      architecture="table3"), verbose=0)

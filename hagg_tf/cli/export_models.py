@@ -22,7 +22,7 @@ from absl import flags
 
 from hagg_tf.cli import check_output_dir, fail, reject_extra_arguments, run_tool
 
-from hagg_tf.training.exporting import NETWORK_NAMES
+from hagg_tf.data.network_specs import NETWORK_NAMES
 
 _RUNS = flags.DEFINE_string("runs", None, "Directory with one training run per network "
                             "(<runs>/<network>/, as written by hagg-train).")
@@ -59,7 +59,7 @@ def main(argv):
             fail(f"{_RUNS.value}: no finished run of {', '.join(missing)} "
                   "(expected <runs>/<network>/last.keras from hagg-train)")
     check_output_dir(_OUTPUT.value)
-    from hagg_tf.training.exporting import export_from_composite, export_from_runs
+    from hagg_tf.export.from_training import export_from_composite, export_from_runs
     from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     import_tensorflow_quietly()

@@ -38,6 +38,7 @@ from absl import flags
 
 from hagg_tf.cli import (check_output_dir, check_output_file, define_float, define_seed, fail,
                          reject_extra_arguments, run_tool)
+from hagg_tf.model.io import write_json_atomic
 from hagg_tf.model.workers import make_process_pool
 
 _WORK_DIR = flags.DEFINE_string("work_dir", "work/stem/haadf_tables",
@@ -106,7 +107,9 @@ def _worker(job: tuple) -> tuple[str, float]:
     result["finished_at"] = time.time()
     result["cpu_s"] = time.process_time() - cpu_started
     result["structure_file"] = structure_file
-    multislice.write_json_atomic(path, result)
+    # One-space indent, no final newline; a random orientation's tilt is NaN, kept as the
+    # token Python's json reads (the tables' provenance records these files as they are).
+    write_json_atomic(path, result, indent=1, allow_nan=True, trailing_newline=False)
     return f"{phase_key}/{orientation_label}", result["runtime_s"]
 
 

@@ -6,13 +6,13 @@ Examples:
   hagg-plot-aggregates --figure=fig4 --per_value=200 --workers=2
 """
 
-import json
 from pathlib import Path
 
 from absl import flags
 
 from hagg_tf.cli import check_output_dir, define_seed, fail, reject_extra_arguments, run_tool
 
+from hagg_tf.jsonsafe import json_safe
 from hagg_tf.model import batch, io
 from hagg_tf.model.generator import sample_aggregate
 from hagg_tf.model.parameters import ModelParameters
@@ -61,8 +61,9 @@ def main(argv):
             path = figures.plot_fig4(samples["fractal_dimension"], samples["mixing_ratio"],
                                      output / "fig4_descriptors.png")
             tables = {parameter: sample.table() for parameter, sample in samples.items()}
-            io.atomic_write(output / "fig4_table.json",
-                            lambda stream: stream.write(json.dumps(tables, indent=2).encode()))
+            # An s.d. of one aggregate per value (--per_value=1) is NaN: written as null.
+            io.write_json_atomic(output / "fig4_table.json", json_safe(tables),
+                                 trailing_newline=False)
             print(f"Fig. 4: {path}")
             for parameter, rows in tables.items():
                 print(f"{parameter}: preset  mean  s.d.  (n)")

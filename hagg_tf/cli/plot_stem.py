@@ -45,13 +45,12 @@ _CONVERGENCE = flags.DEFINE_list("convergence", None, "Two per-table JSON result
 
 
 def _pyplot():
+    from hagg_tf.evaluation.figures import import_pyplot
+
     try:
-        import matplotlib
-    except ImportError:
-        fail("needs matplotlib (pip install hagg_tf[plot])")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+        return import_pyplot()
+    except ImportError as error:
+        fail(str(error))
 
 
 def _sphere_mesh(resolution=12):

@@ -35,9 +35,7 @@ from absl import flags
 
 from hagg_tf.cli import (check_output_dir, define_float, define_seed, fail,
                          reject_extra_arguments, run_tool)
-
-_NETWORKS = ("fractal_dimension", "mixing_ratio_regressor", "mixing_ratio_classifier",
-             "wo3_cluster_size", "tio2_cluster_size")
+from hagg_tf.data.network_specs import NETWORK_NAMES as _NETWORKS
 
 _NETWORK = flags.DEFINE_enum("network", None, list(_NETWORKS), "Network to train.")
 _DATASET = flags.DEFINE_string("dataset", "work/datasets/paper",
@@ -75,22 +73,21 @@ _ARCHITECTURE = flags.DEFINE_enum("architecture", "table3", ["table3", "compact"
                                   "variant (docs/learning.md).")
 _POOLED_CACHE = flags.DEFINE_string(
     "pooled_cache", None, "Train from this pooled cache of --dataset (built if missing) instead "
-    "of the TFRecord pipeline; needed for --architecture=compact.")
+    "of the TFRecord pipeline (the CPU path of --architecture=compact).")
 _MAX_WALL = define_float("max_wall_minutes", None,
-                         "Pooled runs: stop after the epoch that ends past this budget (> 0); "
-                         "a rerun resumes.", positive=True)
+                         "Stop after the epoch that ends past this budget (> 0); a rerun "
+                         "resumes.", positive=True)
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes building the pooled cache.",
                                 lower_bound=1)
 _INIT_FROM = flags.DEFINE_string(
-    "init_from", None, "Pooled runs: start f from the best checkpoint of this run directory "
-    "(another network, same architecture).")
+    "init_from", None, "Start f from the best checkpoint of this run directory (another "
+    "network, same architecture).")
 _CALIBRATION = flags.DEFINE_integer("calibration_batches", 64,
                                     "Pooled runs: training batches averaged when batch norm is "
                                     "re-estimated at the end of every epoch.", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing run and start over.")
 _VERBOSE = flags.DEFINE_integer("verbose", 2, "0 silent, 1 progress bar, 2 a line per epoch.",
                                 lower_bound=0, upper_bound=2)
-
 
 
 def main(argv):
@@ -106,25 +103,27 @@ def main(argv):
         # built here; an existing, finished cache may be read from a read-only share
         check_output_dir(_POOLED_CACHE.value, "--pooled_cache")
     from hagg_tf.data import DatasetError
-    from hagg_tf.training import TrainingError, train_network
+    from hagg_tf.training import TrainingConfig, TrainingError, train
+    from hagg_tf.training.pooled import DEFAULT_REDUCE_LR_PATIENCE
     from tensorflow.errors import DataLossError
 
-    if _ARCHITECTURE.value != "table3" and _POOLED_CACHE.value is None:
-        fail(f"--architecture={_ARCHITECTURE.value} trains from a pooled cache: give "
-             "--pooled_cache=<directory>")
+    pooled = _POOLED_CACHE.value is not None
     try:
-        if _POOLED_CACHE.value is not None:
-            result = _train_pooled(output)
-        else:
-            result = train_network(
+        if pooled:
+            _build_pooled_cache()
+        config = TrainingConfig(
             _NETWORK.value, _DATASET.value, output, epochs=_EPOCHS.value,
             steps_per_epoch=_STEPS.value, validation_steps=_VALIDATION_STEPS.value,
             batch_size=_BATCH.value, num_images=_NUM_IMAGES.value,
-                learning_rate=_LEARNING_RATE.value, seed=_SEED.value,
-                patience=_PATIENCE.value, strategy=_STRATEGY.value,
-                backup_every_steps=_BACKUP_STEPS.value, verify=_VERIFY.value,
-                stack_strategy=_STACK.value, overwrite=_OVERWRITE.value,
-                verbose=_VERBOSE.value)
+            learning_rate=_LEARNING_RATE.value, seed=_SEED.value, patience=_PATIENCE.value,
+            architecture=_ARCHITECTURE.value, stack_strategy=_STACK.value,
+            pooled_cache=_POOLED_CACHE.value, calibration_batches=_CALIBRATION.value,
+            # the pooled CPU recipe's learning-rate schedule (docs/learning.md)
+            reduce_lr_patience=DEFAULT_REDUCE_LR_PATIENCE if pooled else None,
+            max_wall_seconds=None if _MAX_WALL.value is None else 60 * _MAX_WALL.value,
+            init_from=_INIT_FROM.value, strategy=_STRATEGY.value,
+            backup_every_steps=_BACKUP_STEPS.value, verify=_VERIFY.value)
+        result = train(config, overwrite=_OVERWRITE.value, verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, FileNotFoundError) as error:
         fail(str(error))
     except DataLossError:  # tf.data's record CRC check, whose message names no file
@@ -141,26 +140,13 @@ def main(argv):
           f"{result.monitor}: {result.best_model}; last: {result.last_model}")
 
 
-def _train_pooled(output):
-    """The pooled-cache path: build (or complete) the cache, then train from it."""
-    import pathlib
-
+def _build_pooled_cache():
+    """Builds (or completes) the pooled cache of --dataset at the architecture's pooling."""
     from hagg_tf import networks
     from hagg_tf.data.pooled import build_pooled_cache
-    from hagg_tf.training.pooled import train_pooled_network
 
-    if _OVERWRITE.value and pathlib.Path(output).exists():
-        fail(f"{output} exists; --overwrite is not supported with --pooled_cache (delete it)")
     pooling = networks.get_architecture(_ARCHITECTURE.value).input_pooling
     build_pooled_cache(_DATASET.value, _POOLED_CACHE.value, pooling, workers=_WORKERS.value)
-    return train_pooled_network(
-        _NETWORK.value, _POOLED_CACHE.value, output, architecture=_ARCHITECTURE.value,
-        epochs=_EPOCHS.value, batch_size=_BATCH.value, learning_rate=_LEARNING_RATE.value,
-        num_images=_NUM_IMAGES.value, seed=_SEED.value, patience=_PATIENCE.value,
-        dataset_dir=_DATASET.value, steps_per_epoch=_STEPS.value,
-        calibration_batches=_CALIBRATION.value, init_from=_INIT_FROM.value,
-        max_wall_seconds=None if _MAX_WALL.value is None else 60 * _MAX_WALL.value,
-        verbose=_VERBOSE.value)
 
 
 def run():

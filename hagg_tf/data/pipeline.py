@@ -13,7 +13,7 @@ Three shapes of sample:
 
 Every pipeline: verify the shards against the manifest (`verify_dataset`), read the shards
 with parallel interleaving, parse, (training: shuffle), decode the 16-bit PNG, (training:
-augment, see `hagg_tf.data.augment`), preprocess with `hagg_tf.networks.preprocessing` (scale
+augment, see `hagg_tf.data.augment`), preprocess with `hagg_tf.data.preprocessing` (scale
 to [−0.5, 0.5], 256 levels; 1/p first where asked), batch, prefetch. tf.data checks the CRCs of
 every record it reads, but its ``tf.errors.DataLossError`` ("corrupted record at …") names no
 file: `corrupt_shard_error` finds the shard and names it.
@@ -44,16 +44,21 @@ from hagg_tf.data.augment import NO_AUGMENTATION, Augmentation, augment_image, s
 from hagg_tf.data.design import expected_multi_image_samples
 from hagg_tf.data.manifest import (DatasetError, load_manifest, parse_splits, shard_paths,
                                    verify_dataset)
+from hagg_tf.data.network_specs import (DEFAULT_NUM_IMAGES, MULTI_IMAGE_BATCH_SIZE,
+                                        NETWORK_SPECS, SAMPLE_KINDS, SINGLE_IMAGE_BATCH_SIZE,
+                                        network_spec)
+from hagg_tf.data.preprocessing import INVERSION_THRESHOLD, preprocess_images
 from hagg_tf.data.records import RecordError, iter_tfrecord
-from hagg_tf.networks.architecture import (DEFAULT_NUM_IMAGES, MULTI_IMAGE_BATCH_SIZE,
-                                           SINGLE_IMAGE_BATCH_SIZE, network_spec)
-from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, preprocess_images
 
-#: Targets of the single-image pipeline: name → record feature.
-SINGLE_IMAGE_TARGETS = {"fractal_dimension": "target/fractal_dimension",
-                        "mixing_ratio": "target/mixing_ratio"}
+#: Targets of the single-image pipeline: per-image label → record feature (the regressors'
+#: labels of the registry; the classifier's class is `classification_dataset`'s).
+SINGLE_IMAGE_TARGETS = {spec.image_label: f"target/{spec.image_label}"
+                        for spec in NETWORK_SPECS.values() if spec.sample_kind == "single"}
 #: Targets of the multi-image pipeline: name → position in θ = (θ_Df, θ_ρ, θ_0, θ_1).
-MULTI_IMAGE_TARGETS = {"wo3_cluster_size": 2, "tio2_cluster_size": 3}
+MULTI_IMAGE_TARGETS = {spec.name: spec.theta_column
+                       for spec in NETWORK_SPECS.values() if spec.sample_kind == "multi"}
+_CLASS_FEATURE = "target/" + next(spec.image_label for spec in NETWORK_SPECS.values()
+                                  if spec.sample_kind == "classification")
 DEFAULT_SHUFFLE_BUFFER = 2048
 # Separate seed streams for file order and record shuffling of an epoch.
 _FILE_ORDER_STREAM, _SHUFFLE_STREAM = 0x46494C45, 0x53485546
@@ -318,7 +323,7 @@ def classification_dataset(path, split="train", *, training: bool | None = None,
     if oversample and (source.homogeneous == 0 or source.homogeneous == source.records):
         raise ValueError(f"cannot balance classes: split {split!r} holds {source.homogeneous} "
                          f"homogeneous images of {source.records}")
-    return _single_image_pipeline(source, "target/homogeneous", training, batch_size, seed,
+    return _single_image_pipeline(source, _CLASS_FEATURE, training, batch_size, seed,
                                   epochs, augmentation, False, shuffle_buffer, parallel_reads,
                                   with_info, oversample=oversample)
 
@@ -408,7 +413,7 @@ def multi_image_dataset(path, target: str = "wo3_cluster_size", split="train", *
     training = _default_training(split) if training is None else training
     _check_common(batch_size, shuffle_buffer, epochs)
     if inverse_intensities is None:
-        inverse_intensities = target == "tio2_cluster_size"
+        inverse_intensities = network_spec(target).invert_intensities
     source = _source(path, split, verify)
     augmentation = (augmentation or Augmentation()) if training else NO_AUGMENTATION
     threshold = INVERSION_THRESHOLD if inverse_intensities else None
@@ -466,11 +471,9 @@ def network_dataset(path, network: str, split="train", **kwargs) -> tf.data.Data
     """
     spec = network_spec(network)
     kwargs.setdefault("batch_size", spec.batch_size)
-    if spec.name == "fractal_dimension":
-        return single_image_dataset(path, "fractal_dimension", split, **kwargs)
-    if spec.name == "mixing_ratio_regressor":
-        return single_image_dataset(path, "mixing_ratio", split, **kwargs)
-    if spec.name == "mixing_ratio_classifier":
+    if spec.sample_kind == "single":
+        return single_image_dataset(path, spec.image_label, split, **kwargs)
+    if spec.sample_kind == "classification":
         return classification_dataset(path, split, **kwargs)
     kwargs.setdefault("inverse_intensities", spec.invert_intensities)
     return multi_image_dataset(path, spec.name, split, **kwargs)
@@ -488,10 +491,8 @@ def epoch_size(path, network_or_kind: str, split="train", *, batch_size: int | N
     """
     from hagg_tf.data.manifest import load_manifest
 
-    kinds = {"fractal_dimension": "single", "mixing_ratio_regressor": "single",
-             "mixing_ratio_classifier": "classification", "wo3_cluster_size": "multi",
-             "tio2_cluster_size": "multi", "single": "single", "classification": "classification",
-             "multi": "multi"}
+    kinds = {**{name: spec.sample_kind for name, spec in NETWORK_SPECS.items()},
+             **{kind: kind for kind in SAMPLE_KINDS}}
     if network_or_kind not in kinds:
         raise ValueError(f"unknown network or kind {network_or_kind!r}; choose one of "
                          f"{sorted(kinds)}")

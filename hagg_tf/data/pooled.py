@@ -42,11 +42,10 @@ from typing import Iterable, Optional, Union
 import numpy as np
 
 from hagg_tf.data.manifest import DatasetError, load_manifest, verify_shard
+from hagg_tf.data.preprocessing import INVERSION_THRESHOLD, NUM_LEVELS, preprocess_images_numpy
 from hagg_tf.data.records import read_samples
-from hagg_tf.model.io import atomic_write
+from hagg_tf.model.io import atomic_write, write_json_atomic
 from hagg_tf.model.workers import make_process_pool
-from hagg_tf.networks.preprocessing import (INVERSION_THRESHOLD, NUM_LEVELS,
-                                            preprocess_images_numpy)
 
 #: Version of the cache layout.
 CACHE_FORMAT = 1
@@ -62,8 +61,8 @@ def preprocess_levels(counts: np.ndarray, electrons_per_pixel: float,
                       invert: bool) -> np.ndarray:
     """The paper's preprocessing as integer grey levels k (x = −0.5 + k/255).
 
-    :func:`hagg_tf.networks.preprocess_images_numpy` gives x = k/255 − 0.5 in float32; k is
-    recovered exactly by rounding (x + 0.5)·255, the levels being 1/255 apart.
+    :func:`hagg_tf.data.preprocessing.preprocess_images_numpy` gives x = k/255 − 0.5 in float32;
+    k is recovered exactly by rounding (x + 0.5)·255, the levels being 1/255 apart.
 
     Args:
         counts: (H, W) detector counts.
@@ -231,8 +230,7 @@ def build_pooled_cache(dataset_dir: Union[str, os.PathLike],
             raise DatasetError(f"{cache_dir} caches another database or pooling ({existing}); "
                                "use another cache directory")
     else:
-        atomic_write(settings_path, lambda stream: stream.write(
-            (json.dumps(settings, indent=2) + "\n").encode()))
+        write_json_atomic(settings_path, settings)
     tasks = []
     for split in splits:
         if split not in manifest["splits"]:

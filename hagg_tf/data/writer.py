@@ -39,20 +39,14 @@ from hagg_tf.data.manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, S
                                    DatasetError, file_sha256, json_sha256)
 from hagg_tf.data.records import (CONDITION_FEATURE_KEYS, DESCRIPTOR_FIELDS, FEATURE_KEYS,
                                   SampleTask, compute_sample, encode_example)
-from hagg_tf.model.io import atomic_write
+from hagg_tf.model.io import write_json_atomic
 from hagg_tf.model.workers import bound_to_parent, process_alive
 
 _SIDE_CAR_SUFFIX = ".json"
+#: How the database's JSON files (settings, sidecars, manifest) are written (write_json_atomic).
+_JSON_FORMAT = {"indent": 1, "trailing_newline": False}
 #: Between a shard's temporary name and the pid of the process writing it.
 _TEMPORARY_INFIX = ".tmp-"
-
-
-def _write_json(path: Path, value) -> None:
-    """Atomic JSON write; readable by others like the shards (mkstemp creates files 0600)."""
-    atomic_write(path, lambda stream: stream.write(json.dumps(value, indent=1).encode()))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 @dataclasses.dataclass
@@ -151,7 +145,7 @@ def _check_settings(output: Path, settings: dict) -> None:
                                f"(differs in: {', '.join(changed) or 'format'}); use a fresh "
                                "output directory")
         return
-    _write_json(path, settings)
+    write_json_atomic(path, settings, **_JSON_FORMAT)
 
 
 def _indices_sha256(indices: np.ndarray) -> str:
@@ -216,7 +210,7 @@ def _write_shard(output: Path, name: str, split: str, indices: np.ndarray, paylo
     finally:
         if temporary.exists():
             temporary.unlink()
-    _write_json(output / (name + _SIDE_CAR_SUFFIX), sidecar)
+    write_json_atomic(output / (name + _SIDE_CAR_SUFFIX), sidecar, **_JSON_FORMAT)
     return sidecar
 
 
@@ -455,6 +449,6 @@ def write_manifest_if_complete(output: Path, design: DatasetDesign, settings: di
         # Dose and acquisition pixel size differ per record (their ``conditions/json``); the
         # image block then describes the grid only.
         manifest["image"].update({"dose_e_per_A2": None, "conditions": config.conditions})
-    _write_json(output / MANIFEST_NAME, manifest)
+    write_json_atomic(output / MANIFEST_NAME, manifest, **_JSON_FORMAT)
     manifest["_directory"] = str(output)
     return manifest

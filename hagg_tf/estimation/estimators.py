@@ -25,10 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# CLASSIFIER_THRESHOLD: CNN^ρ_class output above which an image counts as homogeneous (Sec.
+# 2.3.3), from the registry of the networks (re-exported here).
+from hagg_tf.data.network_specs import CLASSIFIER_THRESHOLD  # noqa: F401
 from hagg_tf.model.parameters import ModelParameters
 
-#: CNN^ρ_class output above which an image counts as homogeneous (Sec. 2.3.3).
-CLASSIFIER_THRESHOLD = 0.5
 #: θ_Df of digital shadows is clipped into this closed interval inside the model's (1, 3).
 SHADOW_FRACTAL_DIMENSION_RANGE = (1.01, 2.99)
 

@@ -84,7 +84,8 @@ from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from hagg_tf.model.io import atomic_write
+from hagg_tf.jsonsafe import json_safe
+from hagg_tf.model.io import atomic_write, write_json_atomic
 from hagg_tf.model.parameters import GeneratorConfig
 
 #: Key of the threshold ρ̂ among the per-image arrays of a predictions file.
@@ -634,17 +635,6 @@ class FittedBaselines:
             raise ValueError(f"incomplete baselines file ({error})") from None
 
 
-def _json_number(value):
-    # json.dumps writes NaN as a bare token most JSON readers reject; store null instead.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_number(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_number(item) for item in value]
-    return value
-
-
 def _from_json_number(value):
     if isinstance(value, dict):
         return {key: (math.nan if item is None and key.startswith("train_mae") else
@@ -654,9 +644,8 @@ def _from_json_number(value):
 
 def save_fitted(fitted: FittedBaselines, path: PathLike) -> pathlib.Path:
     """Writes the fitted parameters as JSON (atomically)."""
-    text = json.dumps(_json_number(fitted.to_dict()), indent=2, sort_keys=True,
-                      allow_nan=False)
-    return atomic_write(path, lambda stream: stream.write(text.encode() + b"\n"))
+    # A training MAE of NaN (no image to fit on) is stored as null, valid JSON.
+    return write_json_atomic(path, json_safe(fitted.to_dict()), indent=2, sort_keys=True)
 
 
 def load_fitted(path: PathLike) -> FittedBaselines:

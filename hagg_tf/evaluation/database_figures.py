@@ -19,8 +19,7 @@ from typing import Optional
 import numpy as np
 
 from hagg_tf.data.records import Sample
-from hagg_tf.evaluation.figures import _pyplot
-from hagg_tf.model.io import atomic_write
+from hagg_tf.evaluation.figures import import_pyplot, save_png
 from hagg_tf.stem import normalized_intensity
 
 #: Keys of `background_statistics`.
@@ -91,7 +90,7 @@ def plot_background_histograms(statistics: dict, path: str | Path, title: str = 
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = import_pyplot()
     film = statistics["film_thickness_nm"] > 0
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     panels = (("level", "background level (fraction of the beam)", False),
@@ -119,12 +118,6 @@ def plot_background_histograms(statistics: dict, path: str | Path, title: str = 
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(stream):
-        figure.savefig(stream, format="png", dpi=80, bbox_inches="tight")
-
-    atomic_write(path, save)
+    path = save_png(figure, path, dpi=80)
     plt.close(figure)
     return path

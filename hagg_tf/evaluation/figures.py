@@ -18,7 +18,12 @@ from hagg_tf.model.io import atomic_write
 MATERIAL_COLORS = {0: "#1f5fbf", 1: "#f28e2b"}
 
 
-def _pyplot():
+def import_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (renders without a display).
+
+    Raises:
+        ImportError: matplotlib is missing; the message names the extra to install.
+    """
     try:
         import matplotlib
     except ImportError as error:
@@ -45,16 +50,21 @@ def draw_aggregate(axes, aggregate: Aggregate, resolution: int = 14) -> None:
     axes.set_axis_off()
 
 
-def _save(figure, path: str | Path) -> Path:
+def save_png(figure, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight"
+             ) -> Path:
+    """Saves ``figure`` as PNG at ``path`` through :func:`~hagg_tf.model.io.atomic_write`.
+
+    ``bbox_inches="tight"`` crops to the drawn content; None keeps the figure's size.
+    """
     def write(stream):
-        figure.savefig(stream, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(stream, format="png", dpi=dpi, bbox_inches=bbox_inches)
     return atomic_write(path, write)
 
 
 def plot_aggregates_3d(aggregates: Sequence[Aggregate], path: str | Path,
                        columns: int = 3) -> Path:
     """Paper Fig. 2: a grid of aggregates, each titled with its θ, saved as PNG."""
-    plt = _pyplot()
+    plt = import_pyplot()
     rows = (len(aggregates) + columns - 1) // columns
     figure = plt.figure(figsize=(4 * columns, 4 * rows))
     for number, aggregate in enumerate(aggregates):
@@ -70,7 +80,7 @@ def plot_aggregates_3d(aggregates: Sequence[Aggregate], path: str | Path,
                            for name, color in (("WO3", MATERIAL_COLORS[0]),
                                                ("TiO2", MATERIAL_COLORS[1]))],
                   loc="lower center", ncol=2)
-    path = _save(figure, path)
+    path = save_png(figure, path)
     plt.close(figure)
     return path
 
@@ -84,7 +94,7 @@ def plot_fig4(fractal_sample, mixing_sample, path: str | Path) -> Path:
     """
     from scipy.stats import gaussian_kde
 
-    plt = _pyplot()
+    plt = import_pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     rng = np.random.default_rng(0)
     for ax, sample, preset_name, empirical_name in (
@@ -109,6 +119,6 @@ def plot_fig4(fractal_sample, mixing_sample, path: str | Path) -> Path:
         ax.set_ylabel(empirical_name)
         ax.legend(loc="upper left")
     figure.tight_layout()
-    path = _save(figure, path)
+    path = save_png(figure, path)
     plt.close(figure)
     return path

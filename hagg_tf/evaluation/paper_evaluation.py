@@ -39,7 +39,10 @@ from hagg_tf.estimation.estimators import (CLASSIFIER_THRESHOLD, combine_mixing_
                                            estimate_theta, round_cluster_size)
 from hagg_tf.data.beam import LOCAL_RUNNER, is_beam_runner
 from hagg_tf.data.design import disjoint_groups
+# THETA_COLUMNS (columns of θ in a ``theta`` array) is the registry's, re-exported here.
+from hagg_tf.data.network_specs import THETA_COLUMNS  # noqa: F401
 from hagg_tf.evaluation.predictions import Predictions, PredictionsError
+from hagg_tf.jsonsafe import json_safe
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
 
 #: ν of every θ-level result unless stated (the paper's Sec. 3).
@@ -54,9 +57,6 @@ FIG14_PAIRS = 4
 FIG14_BINS = 20
 #: Width of the particle-count bins of Fig. 15's summary.
 SIZE_BIN_WIDTH = 10
-#: Columns of θ in the ``theta`` array.
-THETA_COLUMNS = {"fractal_dimension": 0, "mixing_ratio": 1, "wo3_cluster_size": 2,
-                 "tio2_cluster_size": 3}
 #: The multi-image networks: parameter name → key of its figure in the results.
 CLUSTER_SIZE_NETWORKS = {"wo3_cluster_size": "fig12", "tio2_cluster_size": "fig13"}
 #: Per-image baseline arrays → the truth they estimate.
@@ -130,23 +130,6 @@ def error_summary(errors) -> dict:
             "std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
             "mae": float(np.abs(finite).mean()), "median": float(median), "q25": float(q25),
             "q75": float(q75), "iqr": float(q75 - q25)}
-
-
-def json_safe(value):
-    """``value`` with numpy types turned into Python ones and NaN/±inf into None (valid JSON)."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return [json_safe(item) for item in value.tolist()]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def _paired(truth, estimate) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from hagg_tf.evaluation import paper_evaluation
-from hagg_tf.evaluation.figures import MATERIAL_COLORS, _pyplot, _save
+from hagg_tf.evaluation.figures import MATERIAL_COLORS, import_pyplot, save_png
 from hagg_tf.evaluation.predictions import Predictions
 
 #: File name of every figure (written into the output folder).
@@ -80,16 +80,16 @@ def _boxes_by_value(ax, keys: np.ndarray, values: np.ndarray, width_fraction: fl
 
 
 def _finish(figure, path: Path) -> Path:
-    plt = _pyplot()
+    plt = import_pyplot()
     figure.tight_layout()
-    path = _save(figure, path)
+    path = save_png(figure, path)
     plt.close(figure)
     return path
 
 
 def plot_fig09(metrics: dict, path) -> Path:
     """Fig. 9: MAE against ν, θ_Df and θ_ρ (left) and θ_0, θ_1 (right)."""
-    plt = _pyplot()
+    plt = import_pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     fig9 = metrics["fig09"]
     nu = metrics["settings"]["nu"]
@@ -128,7 +128,7 @@ def _group_estimates(predictions: Predictions, settings: dict) -> dict:
 
 def plot_fig10(predictions: Predictions, metrics: dict, path) -> Path:
     """Fig. 10: (a) D̂_f(I) − D_f(A) against D_f(A), (b) θ̂_Df − θ_Df per preset θ_Df."""
-    plt = _pyplot()
+    plt = import_pyplot()
     settings = metrics["settings"]
     arrays = predictions.arrays
     truth = np.asarray(arrays["fractal_dimension"], np.float64)
@@ -153,7 +153,7 @@ def plot_fig10(predictions: Predictions, metrics: dict, path) -> Path:
 
 def plot_fig11(predictions: Predictions, metrics: dict, path) -> Path:
     """Fig. 11: ρ̂ − ρ(A) per image, (a) regressor only, (b) with classifier; (c) θ̂_ρ − θ_ρ."""
-    plt = _pyplot()
+    plt = import_pyplot()
     settings = metrics["settings"]
     arrays = predictions.arrays
     truth = np.asarray(arrays["mixing_ratio"], np.float64)
@@ -184,7 +184,7 @@ def plot_fig11(predictions: Predictions, metrics: dict, path) -> Path:
 
 def plot_table4(metrics: dict, path) -> Path:
     """Table 4 as a 2×2 confusion matrix (rows prediction, columns truth)."""
-    plt = _pyplot()
+    plt = import_pyplot()
     table = metrics["table4"]
     matrix = np.asarray(table["matrix"], np.float64)
     figure, ax = plt.subplots(figsize=(4.6, 3.8))
@@ -207,7 +207,7 @@ def plot_cluster_size(predictions: Predictions, metrics: dict, network: str, pat
     Args:
         network: ``"wo3_cluster_size"`` (Fig. 12) or ``"tio2_cluster_size"`` (Fig. 13).
     """
-    plt = _pyplot()
+    plt = import_pyplot()
     nu = metrics["settings"]["nu"]
     groups = predictions.groups(nu)
     column = paper_evaluation.THETA_COLUMNS[network]
@@ -244,7 +244,7 @@ def plot_fig14(metrics: dict, path) -> Optional[Path]:
     shadows = metrics.get("table5")
     if not shadows or not shadows.get("histograms"):
         return None
-    plt = _pyplot()
+    plt = import_pyplot()
     histograms = shadows["histograms"]
     names = paper_evaluation.SHADOW_DESCRIPTOR_NAMES
     figure, axes = plt.subplots(len(histograms), len(names),
@@ -280,7 +280,7 @@ def plot_fig14(metrics: dict, path) -> Optional[Path]:
 def plot_fig15(predictions: Predictions, metrics: dict, path) -> Path:
     """Fig. 15: per-image errors of D̂_f and ρ̂ against the number of particles, with the binned
     mean error and MAE (black) and, where present, the baseline's binned MAE (grey, dashed)."""
-    plt = _pyplot()
+    plt = import_pyplot()
     arrays = predictions.arrays
     sizes = np.asarray(arrays["num_particles"], np.float64)
     fig15 = metrics["fig15"]

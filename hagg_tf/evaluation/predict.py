@@ -30,7 +30,6 @@ SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
                         "mixing_ratio_regressor": "mixing_ratio_regressor_pred",
                         "mixing_ratio_classifier": "homogeneous_probability_pred"}
 MULTI_IMAGE_NETWORKS = ("wo3_cluster_size", "tio2_cluster_size")
-_THETA_COLUMN = {"wo3_cluster_size": 2, "tio2_cluster_size": 3}
 _CHUNK = 256
 
 
@@ -42,7 +41,8 @@ def load_networks(model=None) -> tuple[dict, dict]:
             a folder with one training run per network (``<folder>/<network>/best.keras``), or
             a dict ``{network name: keras.Model}``.
     """
-    from hagg_tf.training.exporting import NETWORK_NAMES, networks_from_composite
+    from hagg_tf.data.network_specs import NETWORK_NAMES
+    from hagg_tf.export.from_training import networks_from_composite
 
     if isinstance(model, dict):
         return dict(model), {"source": "Keras models given in memory", "kind": "keras"}
@@ -63,12 +63,11 @@ class _SplitRunner:
     def __init__(self, models: dict):
         import keras
 
-        from hagg_tf.networks import get_feature_extractor, network_spec
+        from hagg_tf.networks import input_pooling_layer, network_spec
         from hagg_tf.training.pooled import pooled_feature_extractor, pooled_twin
 
         self.models = models
-        poolings = {int(get_feature_extractor(model).get_layer("f_average_pooling").pool_size[0])
-                    for model in models.values()}
+        poolings = {int(input_pooling_layer(model).pool_size[0]) for model in models.values()}
         if len(poolings) != 1:
             raise ValueError(f"the networks pool their inputs differently: {sorted(poolings)}")
         self.pooling = poolings.pop()
@@ -146,7 +145,7 @@ def fit_group_head(network: str, nu: int, train_features: np.ndarray, train_labe
     from hagg_tf.networks.architecture import apply_head, network_spec
 
     keras.utils.set_random_seed(seed)
-    column = _THETA_COLUMN[network]
+    column = network_spec(network).theta_column
     inputs = keras.Input((nu * train_features.shape[1],))
     head = keras.Model(inputs, apply_head(inputs, network_spec(network)))
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")

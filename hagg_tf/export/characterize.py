@@ -6,7 +6,7 @@ CNN^1) and one TensorFlow graph that runs, for ``n ≥ ν`` images of one sample
 1. the paper's preprocessing (:func:`hagg_tf.networks.preprocess_images`: scaling to [-0.5, 0.5]
    and 256 levels; for CNN^1 first p → 1/p for p > t = 0.001, Sec. 2.3.5);
 2. the feature extractor f of every network on all images at once: 5·n forward passes of f, the
-   whole cost of the estimate (4.9 GFLOP each at 512 px);
+   whole cost of the estimate;
 3. the heads g and the estimators of Sec. 2.3 (see :mod:`hagg_tf.estimation.estimators`):
    θ̂_Df = mean_i CNN^Df(I_i) (Eq. 13); ρ̂(I) = η(CNN^ρ_reg(I)) if CNN^ρ_class(I) > 0.5 else
    CNN^ρ_reg(I), θ̂_ρ = mean_i ρ̂(I_i) (Eq. 14); θ̂_0 = η(CNN^0(ν-stack)),
@@ -15,22 +15,43 @@ CNN^1) and one TensorFlow graph that runs, for ``n ≥ ν`` images of one sample
    {(k + j) mod n : j < ν}, k = 0..n−1, in which every image sits in every slot exactly once;
    since f runs once per image and g is tiny, the extra subsets cost nothing measurable.
 
+The networks in the graph are the Keras networks themselves: each is rebuilt with
+:func:`hagg_tf.networks.build_network` (the architecture recorded in the export), and the graph
+calls its feature extractor f (:func:`~hagg_tf.networks.get_feature_extractor`) and head g
+(:func:`~hagg_tf.networks.architecture.get_head`) with ``training=False`` — batch normalisation
+in Keras' inference mode, nothing rewritten by hand. They run through Keras' ``stateless_call``
+on the stored variables, so the SavedModel holds each weight once, under its Keras name.
+
 Layout (TF Serving's ``<model>/<version>/``)::
 
     <export_dir_base>/characterize/<version>/
         saved_model.pb  variables/  fingerprint.pb  assets/
         hagg_tf_export.json     # signatures, shapes, pixel size, estimator settings, model card
 
-Signatures (``b`` samples of ``n ≥ ν`` images each, ``H = W`` = the networks' input size):
+Signatures (``b`` samples of ``n`` images each, ``H = W`` = the networks' input size):
 
 * ``serving_default``: ``images`` float32 (b, n, H, W) raw detector counts (or intensity
-  fractions with ``electrons_per_pixel`` = 1), ``electrons_per_pixel`` float32 (b, n);
+  fractions with ``electrons_per_pixel`` = 1), ``electrons_per_pixel`` float32 (b, n); n ≥ ν;
 * ``serving_uint16``: the same with ``images`` as uint16 counts (the on-disk format);
 * ``serving_preprocessed``: ``images`` float32 (b, n, H, W) already preprocessed for CNN^Df,
   CNN^ρ and CNN^0, and ``inverted_images`` float32 (b, n, H, W) preprocessed with the 1/p
-  inversion for CNN^1.
+  inversion for CNN^1;
+* ``serving_per_image`` (:data:`~hagg_tf.estimation.model.PER_IMAGE_SIGNATURE`): the inputs of
+  ``serving_default``, any n ≥ 1; outputs the raw per-image outputs of CNN^Df, CNN^ρ_reg and
+  CNN^ρ_class (``fractal_dimension_per_image``, ``mixing_ratio_regressor_per_image``,
+  ``homogeneous_probability_per_image``, (b, n)) and the features f(I) of CNN^0 and CNN^1
+  (``wo3_cluster_size_features``, ``tio2_cluster_size_features``, (b, n, F));
+* ``serving_cluster_heads`` (:data:`~hagg_tf.estimation.model.CLUSTER_HEADS_SIGNATURE`):
+  ``wo3_cluster_size_features`` and ``tio2_cluster_size_features`` float32 (k, ν, F), k stacks of
+  ν feature vectors in slot order; outputs the heads g before rounding,
+  ``wo3_cluster_size_raw`` and ``tio2_cluster_size_raw`` (k,).
 
-Outputs of every signature: ``theta`` (b, 4) = (θ̂_Df, θ̂_ρ, θ̂_0, θ̂_1) with the cluster sizes
+The last two hold everything θ̂ is made of: θ̂ of ``serving_default`` is recomputed from them in
+numpy (means, :func:`~hagg_tf.estimation.combine_mixing_ratio`, the heads averaged over
+:func:`~hagg_tf.estimation.cyclic_subsets`, η), so a light runtime needs only these two, and a
+bootstrap over the images runs f once per image.
+
+Outputs of the first three: ``theta`` (b, 4) = (θ̂_Df, θ̂_ρ, θ̂_0, θ̂_1) with the cluster sizes
 rounded, ``theta_raw`` (b, 4) with the cluster sizes before rounding (θ̂_Df and θ̂_ρ are means and
 are not rounded, so both vectors share them), the same as named scalars (``fractal_dimension``,
 ``mixing_ratio``, ``mixing_ratio_regressor_only``, ``wo3_cluster_size`` int32,
@@ -40,17 +61,15 @@ every network's raw output per image (``fractal_dimension_per_image``,
 ``mixing_ratio_per_image``, all (b, n)) and per ν-subset (``wo3_cluster_size_per_subset``,
 ``tio2_cluster_size_per_subset``, (b, k) with k = 1 if n = ν else n).
 
-Storage: the Keras weights of every network are stored unchanged (so the Keras networks can be
-rebuilt from the export, see :func:`load_network_weights`), the kernels of convolutions and dense
-layers optionally as float16 (``kernel_dtype="float16"``, half the size; 99.4 % of the weights
-are kernels) and cast to float32 in the graph; biases and batch-norm statistics stay float32.
-Batch normalisation is folded into the preceding convolution inside the graph (kernel·γ/√(σ²+ε),
-(bias − μ)·γ/√(σ²+ε) + β): the same function as Keras' inference mode, one pass fewer over every
-feature map. Variables are written in shards of at most 40 MiB, each variable whole.
+Storage: the Keras weights of every network under their layer names (so the Keras networks can
+be rebuilt from the export, see :func:`load_network_weights`), transformed by
+:func:`stored_weights`: kernels of convolutions and dense layers optionally as float16
+(``kernel_dtype="float16"``, half the size; 99.4 % of the weights are kernels), everything else
+float32; the graph casts them back to float32 before the Keras layers see them. Variables are
+written in shards of at most 40 MiB, each variable whole.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 from typing import Any, Mapping, Optional, Union
@@ -58,12 +77,17 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import tensorflow as tf
 
-from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, METADATA_FORMAT,
-                                      resolve_version_dir)
+from hagg_tf.data.network_specs import MULTI_IMAGE_NETWORKS, SINGLE_IMAGE_NETWORKS
+from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, CLUSTER_HEAD_OUTPUTS,
+                                      CLUSTER_HEADS_SIGNATURE, METADATA_FORMAT,
+                                      PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, TIO2_FEATURES,
+                                      WO3_FEATURES, resolve_version_dir)
 from hagg_tf.export.saved_model import DOSE_INPUT, IMAGES_INPUT, METADATA_FILENAME, UINT16_ENDPOINT
-from hagg_tf.networks.architecture import (DEFAULT_ARCHITECTURE, NETWORK_SPECS,
-                                           architecture_of, get_architecture,
-                                           get_feature_extractor, network_spec)
+from hagg_tf.model.io import write_json_atomic
+from hagg_tf.networks.architecture import (CLASSIFIER_THRESHOLD, DEFAULT_ARCHITECTURE,
+                                           NETWORK_NAMES, NETWORK_SPECS, architecture_of,
+                                           build_network, get_feature_extractor, get_head,
+                                           network_spec)
 from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, NUM_LEVELS, preprocess_images
 
 #: Signature taking preprocessed images.
@@ -71,16 +95,14 @@ PREPROCESSED_ENDPOINT = "serving_preprocessed"
 #: Name of the second image input of :data:`PREPROCESSED_ENDPOINT` (inverse intensities).
 INVERTED_IMAGES_INPUT = "inverted_images"
 #: The five networks, in the order their weights are stored and their outputs computed.
-NETWORK_ORDER = ("fractal_dimension", "mixing_ratio_regressor", "mixing_ratio_classifier",
-                 "wo3_cluster_size", "tio2_cluster_size")
+NETWORK_ORDER = NETWORK_NAMES
 #: Storage types of the kernels.
 KERNEL_DTYPES = ("float32", "float16")
-#: CNN^ρ_class output above which an image counts as homogeneous (Sec. 2.3.3).
-CLASSIFIER_THRESHOLD = 0.5
 #: Largest variables shard written (bytes): keeps each file well below git hosts' limits.
 MAX_SHARD_BYTES = 40 * 2 ** 20
 
-# Output names, in a fixed order (also the order of the metadata's "outputs").
+# Output names of the θ̂ signatures, in a fixed order (also the order of the metadata's
+# "outputs").
 OUTPUT_SHAPES = {
     "theta": ["b", 4], "theta_raw": ["b", 4],
     "fractal_dimension": ["b"], "mixing_ratio": ["b"], "mixing_ratio_regressor_only": ["b"],
@@ -90,12 +112,19 @@ OUTPUT_SHAPES = {
     "homogeneous_probability_per_image": ["b", "n"], "mixing_ratio_per_image": ["b", "n"],
     "wo3_cluster_size_per_subset": ["b", "k"], "tio2_cluster_size_per_subset": ["b", "k"],
 }
+#: The single-image networks and their per-image output (of every signature but the heads').
+PER_IMAGE_NETWORK_OUTPUTS = dict(zip(SINGLE_IMAGE_NETWORKS, PER_IMAGE_OUTPUTS[:3],
+                                     strict=True))
+#: The multi-image networks, their feature output / heads input, and their raw head output.
+CLUSTER_NETWORK_FEATURES = dict(zip(MULTI_IMAGE_NETWORKS, (WO3_FEATURES, TIO2_FEATURES),
+                                    strict=True))
+CLUSTER_NETWORK_RAW = dict(zip(CLUSTER_NETWORK_FEATURES, CLUSTER_HEAD_OUTPUTS))
 
-_HEAD_LAYERS = ("g_dense_44", "g_dense_1")
 
-
-def _is_kernel(key: str) -> bool:
-    return key.endswith("/kernel")
+def _network_layers(model) -> list:
+    """The layers holding weights of a network: those of f, then those of g, in call order."""
+    return [layer for layer in list(get_feature_extractor(model).layers)
+            + list(get_head(model).layers) if layer.weights]
 
 
 def network_weights(model) -> dict[str, np.ndarray]:
@@ -108,13 +137,8 @@ def network_weights(model) -> dict[str, np.ndarray]:
         ``{"<layer>/<weight>": array}`` for every layer of f (``f_conv_k``, ``f_batch_norm_k``,
         ``f_dense_224``, ``f_dense_112``) and of g (``g_dense_44``, ``g_dense_1``), float32.
     """
-    weights = {}
-    layers = list(get_feature_extractor(model).layers) + [model.get_layer(name)
-                                                           for name in _HEAD_LAYERS]
-    for layer in layers:
-        for variable in layer.weights:
-            weights[f"{layer.name}/{variable.name}"] = np.asarray(variable, dtype=np.float32)
-    return weights
+    return {f"{layer.name}/{variable.name}": np.asarray(variable, dtype=np.float32)
+            for layer in _network_layers(model) for variable in layer.weights}
 
 
 def set_network_weights(model, weights: Mapping[str, np.ndarray]) -> None:
@@ -123,11 +147,7 @@ def set_network_weights(model, weights: Mapping[str, np.ndarray]) -> None:
     Raises:
         ValueError: a weight is missing or has the wrong shape.
     """
-    layers = list(get_feature_extractor(model).layers) + [model.get_layer(name)
-                                                           for name in _HEAD_LAYERS]
-    for layer in layers:
-        if not layer.weights:
-            continue
+    for layer in _network_layers(model):
         values = []
         for variable in layer.weights:
             key = f"{layer.name}/{variable.name}"
@@ -141,87 +161,132 @@ def set_network_weights(model, weights: Mapping[str, np.ndarray]) -> None:
         layer.set_weights(values)
 
 
+def _is_kernel(key: str) -> bool:
+    return key.endswith("/kernel")
+
+
+def stored_weights(weights: Mapping[str, np.ndarray], kernel_dtype: str = "float32"
+                   ) -> dict[str, np.ndarray]:
+    """The weights as the composite stores them: kernels in ``kernel_dtype``, the rest float32.
+
+    A weight transformation, not a change of the network: the graph casts every stored weight
+    back to float32 and runs the unchanged Keras layers on it, so the exported network is the
+    Keras network with ``{key: value.astype(float32)}`` of this dict as its weights. Kernels of
+    convolutions and dense layers are 99.4 % of the weights, so float16 halves the export;
+    each kernel entry then changes by at most 2⁻¹¹ relative (float16 rounding; values beyond
+    ±65 504 would overflow, trained kernels are far below). Biases and batch-norm statistics
+    stay float32.
+
+    Args:
+        weights: ``{"<layer>/<weight>": array}`` as from :func:`network_weights`.
+        kernel_dtype: one of :data:`KERNEL_DTYPES`.
+
+    Raises:
+        ValueError: unknown ``kernel_dtype``.
+    """
+    if kernel_dtype not in KERNEL_DTYPES:
+        raise ValueError(f"kernel_dtype must be one of {KERNEL_DTYPES}, got {kernel_dtype!r}")
+    return {key: np.asarray(value, dtype=kernel_dtype if _is_kernel(key) else np.float32)
+            for key, value in weights.items()}
+
+
 def _network_settings(model) -> dict[str, Any]:
-    """What the graph needs besides the weights: batch-norm ε and the output activation."""
+    """What the metadata records of a network besides its weights (the architecture rebuilds
+    it; batch-norm ε and the output activation describe it)."""
     spec = network_spec(model.name)
     feature_extractor = get_feature_extractor(model)
     epsilons = [float(layer.epsilon) for layer in feature_extractor.layers
-                if layer.name.startswith("f_batch_norm_")]
-    output_layer = model.get_layer(spec.output_name)
+                if hasattr(layer, "moving_variance")]
     settings = {"epsilon": epsilons, "activation": spec.output_activation,
                 "architecture": architecture_of(model).name,
                 "input_shape": [None if size is None else int(size)
                                 for size in model.input_shape]}
+    output_layer = get_head(model).layers[-1]
     if spec.output_activation == "scaled_sigmoid":
         settings["scale"] = float(output_layer.scale)
         settings["offset"] = float(output_layer.offset)
     return settings
 
 
-class _NetworkGraph(tf.Module):
-    """One network's weights as variables plus its inference function in plain TF ops.
+class _KerasParts:
+    """Holds the Keras objects of one network outside TensorFlow's object tracking, so that
+    the SavedModel stores the weights once, as :attr:`_KerasNetwork.weights`."""
+
+    def __init__(self, model, feature_extractor, head, keys):
+        self.model, self.feature_extractor, self.head, self.keys = (model, feature_extractor,
+                                                                    head, keys)
+
+
+class _KerasNetwork(tf.Module):
+    """One network: its weights as stored variables, and its Keras f and g run on them.
+
+    The Keras network is rebuilt with :func:`hagg_tf.networks.build_network` (the architecture
+    from ``settings``) and given ``weights``. The graph runs its feature extractor f and head g
+    (``training=False``) through ``stateless_call`` on the stored variables cast to float32, so
+    what runs is the Keras network and what is stored is :func:`stored_weights`.
 
     Args:
         name: network name (a key of :data:`NETWORK_SPECS`).
         weights: ``{"<layer>/<weight>": array}`` as from :func:`network_weights`.
-        settings: from :func:`_network_settings`.
+        settings: from :func:`_network_settings` (only ``architecture`` is used; exports written
+            before architectures existed are Table 3).
+        image_size: side of the square input images, pixels.
+        num_images: ν (multi-image networks).
         kernel_dtype: storage type of the kernels (``"float32"`` or ``"float16"``).
     """
 
-    def __init__(self, name: str, weights: Mapping[str, np.ndarray], settings: dict,
-                 kernel_dtype: str):
+    def __init__(self, name: str, weights: Mapping[str, np.ndarray], settings: Mapping,
+                 image_size: int, num_images: int, kernel_dtype: str):
         super().__init__(name=name)
         self.spec = network_spec(name)
         self.settings = dict(settings)
+        model = build_network(name, image_size, num_images,
+                              architecture=self.settings.get("architecture",
+                                                             DEFAULT_ARCHITECTURE))
+        set_network_weights(model, weights)  # checks names and shapes
+        keys = {id(variable): f"{layer.name}/{variable.name}"
+                for layer in _network_layers(model) for variable in layer.weights}
         # Keys keep the Keras layer/weight names so that the Keras model can be rebuilt.
         self.weights = {
-            key: tf.Variable(np.asarray(value, dtype=kernel_dtype if _is_kernel(key)
-                                        else np.float32), trainable=False,
-                             name=key.replace("/", "."))
-            for key, value in sorted(weights.items())}
+            key: tf.Variable(value, trainable=False, name=key.replace("/", "."))
+            for key, value in sorted(stored_weights(
+                {key: weights[key] for key in keys.values()}, kernel_dtype).items())}
+        self._keras = _KerasParts(model, get_feature_extractor(model), get_head(model), keys)
+        # Traced once each and called from every signature's graph (tracing Keras is the slow
+        # part of an export).
+        self.features = tf.function(self._features, input_signature=[tf.TensorSpec(
+            [None, image_size, image_size, 1], tf.float32, name="images")])
+        self.head = tf.function(self._head, input_signature=[tf.TensorSpec(
+            self._keras.head.input_shape, tf.float32, name="features")])
 
-    def _get(self, key: str) -> tf.Tensor:
-        return tf.cast(self.weights[key], tf.float32)
+    @property
+    def keras_model(self):
+        """The rebuilt Keras network (its own variables hold the float32 weights given)."""
+        return self._keras.model
 
-    def features(self, images: tf.Tensor) -> tf.Tensor:
-        """f (Table 3, layers 0–17): ``(m, H, W, 1)`` preprocessed images → ``(m, 112)``."""
-        # Exports written before architectures existed are Table 3.
-        architecture = get_architecture(self.settings.get("architecture", DEFAULT_ARCHITECTURE))
-        pooling = architecture.input_pooling
-        padding = architecture.padding.upper()
-        hidden = tf.nn.avg_pool2d(images, ksize=pooling, strides=pooling, padding="VALID")
-        block = 0
-        for entry in architecture.plan:
-            if entry == "max_pool":
-                hidden = tf.nn.max_pool2d(hidden, ksize=2, strides=2, padding="VALID")
-                continue
-            block += 1
-            norm = f"f_batch_norm_{block}"
-            scale = self._get(f"{norm}/gamma") * tf.math.rsqrt(
-                self._get(f"{norm}/moving_variance") + self.settings["epsilon"][block - 1])
-            kernel = self._get(f"f_conv_{block}/kernel") * scale
-            bias = ((self._get(f"f_conv_{block}/bias") - self._get(f"{norm}/moving_mean")) * scale
-                    + self._get(f"{norm}/beta"))
-            hidden = tf.nn.relu(tf.nn.bias_add(
-                tf.nn.conv2d(hidden, kernel, strides=1, padding=padding), bias))
-        hidden = tf.reshape(hidden, [tf.shape(hidden)[0], -1])  # H, W, C order, as Keras Flatten
-        for layer in (f"f_dense_{units}" for units in architecture.dense_units):
-            hidden = tf.nn.relu(tf.matmul(hidden, self._get(f"{layer}/kernel"))
-                                + self._get(f"{layer}/bias"))
-        return hidden
+    def _call(self, keras_model, inputs: tf.Tensor) -> tf.Tensor:
+        def values(variables):
+            return [tf.cast(self.weights[self._keras.keys[id(variable)]], tf.float32)
+                    for variable in variables]
 
-    def head(self, features: tf.Tensor) -> tf.Tensor:
-        """g plus output activation (Table 3, layers 18–19): ``(m, b·112)`` → ``(m,)``."""
-        hidden = tf.nn.relu(tf.matmul(features, self._get("g_dense_44/kernel"))
-                            + self._get("g_dense_44/bias"))
-        logits = tf.matmul(hidden, self._get("g_dense_1/kernel")) + self._get("g_dense_1/bias")
-        logits = logits[:, 0]
-        activation = self.settings["activation"]
-        if activation == "scaled_sigmoid":
-            return self.settings["scale"] * tf.sigmoid(logits) + self.settings["offset"]
-        if activation == "sigmoid":
-            return tf.sigmoid(logits)
-        return tf.nn.relu(logits)
+        outputs, _ = keras_model.stateless_call(values(keras_model.trainable_variables),
+                                                values(keras_model.non_trainable_variables),
+                                                inputs, training=False)
+        return outputs
+
+    def _features(self, images: tf.Tensor) -> tf.Tensor:
+        """f (:attr:`features`): ``(m, H, W, 1)`` preprocessed images → ``(m, F)`` features."""
+        return self._call(self._keras.feature_extractor, images)
+
+    def _head(self, features: tf.Tensor) -> tf.Tensor:
+        """g plus output activation (:attr:`head`): ``(m, b·F)`` concatenated features (b = 1
+        or ν) → ``(m,)``."""
+        return self._call(self._keras.head, features)[:, 0]
+
+    @property
+    def feature_dim(self) -> int:
+        """F, the length of f's feature vector."""
+        return int(self._keras.feature_extractor.output_shape[-1])
 
 
 def cyclic_subset_indices(num_available, num_images: int) -> tf.Tensor:
@@ -241,15 +306,16 @@ def cyclic_subset_indices(num_available, num_images: int) -> tf.Tensor:
 
 
 class CharacterizeModule(tf.Module):
-    """The five networks and the estimators of Sec. 2.3 in one graph (see module docstring).
+    """The five Keras networks and the estimators of Sec. 2.3 in one graph (module docstring).
 
     Args:
         weights: ``{network name: {"<layer>/<weight>": array}}`` for all of
             :data:`NETWORK_ORDER`.
-        settings: ``{network name: settings}`` (batch-norm ε, output activation).
+        settings: ``{network name: settings}`` as from :func:`_network_settings` (the
+            architecture to rebuild each network with).
         image_size: side of the square input images, pixels.
         num_images: ν of CNN^0 and CNN^1.
-        kernel_dtype: storage type of the kernels.
+        kernel_dtype: storage type of the kernels (:func:`stored_weights`).
         num_levels: grey levels of the preprocessing.
         inversion_threshold: the t of Sec. 2.3.5.
         classifier_threshold: CNN^ρ_class output above which ρ̂(I) is rounded.
@@ -272,7 +338,8 @@ class CharacterizeModule(tf.Module):
         self.num_levels = int(num_levels)
         self.inversion_threshold = float(inversion_threshold)
         self.classifier_threshold = float(classifier_threshold)
-        self.networks = {name: _NetworkGraph(name, weights[name], settings[name], kernel_dtype)
+        self.networks = {name: _KerasNetwork(name, weights[name], settings[name],
+                                             self.image_size, self.num_images, kernel_dtype)
                          for name in NETWORK_ORDER}
         size = self.image_size
         raw_spec = tf.TensorSpec([None, None, size, size], tf.float32, name=IMAGES_INPUT)
@@ -288,18 +355,73 @@ class CharacterizeModule(tf.Module):
                                            name=IMAGES_INPUT),
                              tf.TensorSpec([None, None, size, size], tf.float32,
                                            name=INVERTED_IMAGES_INPUT)])
+        self.serve_per_image = tf.function(self._serve_per_image,
+                                           input_signature=[raw_spec, dose_spec])
+        self.serve_cluster_heads = tf.function(
+            self._serve_cluster_heads,
+            input_signature=[tf.TensorSpec([None, self.num_images, self.feature_dims[name]],
+                                           tf.float32, name=CLUSTER_NETWORK_FEATURES[name])
+                             for name in CLUSTER_NETWORK_FEATURES])
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        """``{network name: F}``, the feature length of every network's f."""
+        return {name: network.feature_dim for name, network in self.networks.items()}
+
+    def signatures(self) -> dict[str, Any]:
+        """``{signature name: concrete function}`` of every serving signature."""
+        return {"serving_default": self.serve.get_concrete_function(),
+                UINT16_ENDPOINT: self.serve_uint16.get_concrete_function(),
+                PREPROCESSED_ENDPOINT: self.serve_preprocessed.get_concrete_function(),
+                PER_IMAGE_SIGNATURE: self.serve_per_image.get_concrete_function(),
+                CLUSTER_HEADS_SIGNATURE: self.serve_cluster_heads.get_concrete_function()}
 
     # The argument names below become the serving input names.
-    def _serve_raw(self, images, electrons_per_pixel):
+    def _preprocess(self, images, electrons_per_pixel) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.cast(images, tf.float32)
         plain = preprocess_images(images, num_levels=self.num_levels)
         inverted = preprocess_images(images, electrons_per_pixel,
                                      inversion_threshold=self.inversion_threshold,
                                      num_levels=self.num_levels)
-        return self._estimate(plain, inverted)
+        return plain, inverted
+
+    def _serve_raw(self, images, electrons_per_pixel):
+        return self._estimate(*self._preprocess(images, electrons_per_pixel))
 
     def _serve_preprocessed(self, images, inverted_images):
         return self._estimate(images, inverted_images)
+
+    def _serve_per_image(self, images, electrons_per_pixel):
+        return self._per_image(*self._preprocess(images, electrons_per_pixel))
+
+    def _serve_cluster_heads(self, wo3_cluster_size_features, tio2_cluster_size_features):
+        features = dict(zip(CLUSTER_NETWORK_FEATURES, (wo3_cluster_size_features,
+                                                        tio2_cluster_size_features)))
+        return {CLUSTER_NETWORK_RAW[name]: self._cluster_head(name, features[name])
+                for name in CLUSTER_NETWORK_FEATURES}
+
+    def _per_image(self, plain: tf.Tensor, inverted: tf.Tensor) -> dict[str, tf.Tensor]:
+        """(b, n, H, W) preprocessed images → the outputs of :data:`PER_IMAGE_SIGNATURE`."""
+        shape = tf.shape(plain)
+        batch, available = shape[0], shape[1]
+        images = {False: tf.reshape(plain, [-1, self.image_size, self.image_size, 1]),
+                  True: tf.reshape(inverted, [-1, self.image_size, self.image_size, 1])}
+        outputs = {}
+        for name, key in PER_IMAGE_NETWORK_OUTPUTS.items():
+            network = self.networks[name]
+            values = network.head(network.features(images[network.spec.invert_intensities]))
+            outputs[key] = tf.reshape(values, [batch, available])
+        for name, key in CLUSTER_NETWORK_FEATURES.items():
+            network = self.networks[name]
+            features = network.features(images[network.spec.invert_intensities])
+            outputs[key] = tf.reshape(features, [batch, available, network.feature_dim])
+        return {key: outputs[key] for key in PER_IMAGE_OUTPUTS}
+
+    def _cluster_head(self, name: str, stacks: tf.Tensor) -> tf.Tensor:
+        """(k, ν, F) features in slot order → (k,) raw output of the head of ``name``."""
+        network = self.networks[name]
+        # Slot-major concatenation, as the network's Flatten of (k, ν, F).
+        return network.head(tf.reshape(stacks, [-1, self.num_images * network.feature_dim]))
 
     def _estimate(self, plain: tf.Tensor, inverted: tf.Tensor) -> dict[str, tf.Tensor]:
         shape = tf.shape(plain)
@@ -309,47 +431,29 @@ class CharacterizeModule(tf.Module):
             message=f"the multi-image networks need at least nu = {self.num_images} images "
                     "per sample")
         with tf.control_dependencies([check]):
-            plain = tf.reshape(plain, [-1, self.image_size, self.image_size, 1])
-        inverted = tf.reshape(inverted, [-1, self.image_size, self.image_size, 1])
-
-        def per_image(name, images):
-            network = self.networks[name]
-            return network, network.features(images)
-
-        outputs = {}
-        per_image_values = {}
-        for name, key in (("fractal_dimension", "fractal_dimension_per_image"),
-                          ("mixing_ratio_regressor", "mixing_ratio_regressor_per_image"),
-                          ("mixing_ratio_classifier", "homogeneous_probability_per_image")):
-            network, features = per_image(name, plain)
-            per_image_values[key] = tf.reshape(network.head(features), [batch, available])
+            plain = tf.identity(plain)
+        outputs = self._per_image(plain, inverted)
         subsets = cyclic_subset_indices(available, self.num_images)
         num_subsets = tf.shape(subsets)[0]
-        per_subset = {}
-        for name, images in (("wo3_cluster_size", plain), ("tio2_cluster_size", inverted)):
-            network, features = per_image(name, images)
-            features = tf.reshape(features, [batch, available, features.shape[-1]])
-            stacks = tf.gather(features, subsets, axis=1)  # (b, k, ν, 112), slot-major
-            stacks = tf.reshape(stacks, [batch * num_subsets, -1])
-            per_subset[name] = tf.reshape(network.head(stacks), [batch, num_subsets])
-
-        regressor = per_image_values["mixing_ratio_regressor_per_image"]
-        homogeneous = per_image_values["homogeneous_probability_per_image"] > \
-            self.classifier_threshold
-        mixing_per_image = tf.where(homogeneous, tf.round(regressor), regressor)
-        outputs.update(per_image_values)
-        outputs["mixing_ratio_per_image"] = mixing_per_image
-        outputs["fractal_dimension"] = tf.reduce_mean(
-            per_image_values["fractal_dimension_per_image"], axis=1)
-        outputs["mixing_ratio"] = tf.reduce_mean(mixing_per_image, axis=1)
-        outputs["mixing_ratio_regressor_only"] = tf.reduce_mean(regressor, axis=1)
-        for name in ("wo3_cluster_size", "tio2_cluster_size"):
-            raw = tf.reduce_mean(per_subset[name], axis=1)
-            outputs[f"{name}_per_subset"] = per_subset[name]
-            outputs[f"{name}_raw"] = raw
+        for name, key in CLUSTER_NETWORK_FEATURES.items():
+            stacks = tf.gather(outputs.pop(key), subsets, axis=1)  # (b, k, ν, F), slot-major
+            stacks = tf.reshape(stacks, [batch * num_subsets, self.num_images, -1])
+            per_subset = tf.reshape(self._cluster_head(name, stacks), [batch, num_subsets])
+            raw = tf.reduce_mean(per_subset, axis=1)
+            outputs[f"{name}_per_subset"] = per_subset
+            outputs[CLUSTER_NETWORK_RAW[name]] = raw
             # η: the nearest integer ≥ 0, as estimation.round_cluster_size (rounding first would
             # give −1 below −0.5; the clamp first keeps ties to even).
             outputs[name] = tf.cast(tf.round(tf.maximum(raw, 0.0)), tf.int32)
+
+        regressor = outputs["mixing_ratio_regressor_per_image"]
+        homogeneous = outputs["homogeneous_probability_per_image"] > self.classifier_threshold
+        mixing_per_image = tf.where(homogeneous, tf.round(regressor), regressor)
+        outputs["mixing_ratio_per_image"] = mixing_per_image
+        outputs["fractal_dimension"] = tf.reduce_mean(outputs["fractal_dimension_per_image"],
+                                                      axis=1)
+        outputs["mixing_ratio"] = tf.reduce_mean(mixing_per_image, axis=1)
+        outputs["mixing_ratio_regressor_only"] = tf.reduce_mean(regressor, axis=1)
         outputs["theta_raw"] = tf.stack(
             [outputs["fractal_dimension"], outputs["mixing_ratio"],
              outputs["wo3_cluster_size_raw"], outputs["tio2_cluster_size_raw"]], axis=1)
@@ -454,14 +558,11 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
     weights = {name: network_weights(models[name]) for name in NETWORK_ORDER}
     settings = {name: _network_settings(models[name]) for name in NETWORK_ORDER}
     module = CharacterizeModule(weights, settings, image_size, num_images, kernel_dtype)
-    signatures = {
-        "serving_default": module.serve.get_concrete_function(),
-        UINT16_ENDPOINT: module.serve_uint16.get_concrete_function(),
-        PREPROCESSED_ENDPOINT: module.serve_preprocessed.get_concrete_function(),
-    }
+    signatures = module.signatures()
     options = tf.saved_model.SaveOptions(
         experimental_sharding_callback=_WholeVariableShards(MAX_SHARD_BYTES))
     tf.saved_model.save(module, str(version_dir), signatures=signatures, options=options)
+    feature_dims = module.feature_dims
 
     metadata = {
         "format": METADATA_FORMAT,
@@ -477,6 +578,18 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
             PREPROCESSED_ENDPOINT: {"inputs": {
                 IMAGES_INPUT: ["b", "n", image_size, image_size],
                 INVERTED_IMAGES_INPUT: ["b", "n", image_size, image_size]}},
+            # The two below have their own outputs (the θ̂ signatures above share "outputs").
+            PER_IMAGE_SIGNATURE: {
+                "inputs": {IMAGES_INPUT: ["b", "n", image_size, image_size],
+                           DOSE_INPUT: ["b", "n"]},
+                "images_dtype": "float32",
+                "outputs": {**{key: ["b", "n"] for key in PER_IMAGE_NETWORK_OUTPUTS.values()},
+                            **{key: ["b", "n", feature_dims[name]]
+                               for name, key in CLUSTER_NETWORK_FEATURES.items()}}},
+            CLUSTER_HEADS_SIGNATURE: {
+                "inputs": {key: ["k", num_images, feature_dims[name]]
+                           for name, key in CLUSTER_NETWORK_FEATURES.items()},
+                "outputs": {key: ["k"] for key in CLUSTER_NETWORK_RAW.values()}},
         },
         "outputs": OUTPUT_SHAPES,
         "image_size": image_size,
@@ -497,7 +610,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                             **settings[name]} for name in NETWORK_ORDER},
         "model_card": model_card or {},
     }
-    (version_dir / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_json_atomic(version_dir / METADATA_FILENAME, metadata)
     return version_dir
 
 

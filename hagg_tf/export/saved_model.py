@@ -22,7 +22,6 @@ pipelines use) runs inside these signatures, so clients never rescale or quantis
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 from typing import Optional, Union
@@ -30,6 +29,7 @@ from typing import Optional, Union
 import keras
 import tensorflow as tf
 
+from hagg_tf.model.io import write_json_atomic
 from hagg_tf.networks.architecture import NETWORK_SPECS
 from hagg_tf.networks.preprocessing import ImagePreprocessing
 
@@ -129,7 +129,7 @@ def export_network(model: keras.Model, export_dir_base: Union[str, pathlib.Path]
         "preprocessing": None if preprocessing is None else preprocessing.to_config(),
         "network_input_shape": list(input_shape),
     }
-    (version_dir / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_json_atomic(version_dir / METADATA_FILENAME, metadata)
     if save_keras:
         keras_dir = version_dir / "keras"
         keras_dir.mkdir()

@@ -21,7 +21,7 @@ import numpy as np
 from hagg_tf.model.aggregate import Aggregate
 from hagg_tf.model.descriptors import Descriptors, describe
 from hagg_tf.model.generator import sample_aggregate
-from hagg_tf.model.io import atomic_write, load_aggregates, save_aggregates
+from hagg_tf.model.io import load_aggregates, save_aggregates, write_json_atomic
 from hagg_tf.model.parameters import (TABLE2_CLUSTER_SIZES, TABLE2_FRACTAL_DIMENSIONS,
                                       TABLE2_MIXING_RATIOS, GeneratorConfig, ModelParameters,
                                       require_seed)
@@ -181,8 +181,7 @@ def generate_to_directory(output: str | os.PathLike, params_of: Callable[[int], 
         "numpy": np.__version__,
         **(settings or {}),
     }
-    atomic_write(output / "manifest.json",
-                 lambda stream: stream.write(json.dumps(manifest, indent=2).encode()))
+    write_json_atomic(output / "manifest.json", manifest, trailing_newline=False)
     return manifest
 
 

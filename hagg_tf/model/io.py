@@ -24,7 +24,8 @@ restarts           (M,) int64      restarts the draw needed
 file and the problem, rather than truncating a 0.5 label or failing with a bare KeyError.
 
 Every value round-trips bit for bit. Files are written to a temporary name and renamed, so an
-interrupted write never leaves a file that looks complete.
+interrupted write never leaves a file that looks complete. :func:`atomic_write` (any file) and
+:func:`write_json_atomic` (a JSON file) are how every stage of hagg_tf writes its files so.
 
 Plain exports for geometry input elsewhere: extended XYZ (one frame per aggregate; species W for
 WO3 and Ti for TiO2 particles; columns position, radius, label, cluster; θ, seed and units in
@@ -34,6 +35,7 @@ with 17 significant digits, so they round-trip exactly too.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -43,6 +45,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from hagg_tf.jsonsafe import json_default
 from hagg_tf.model.aggregate import Aggregate
 from hagg_tf.model.parameters import MATERIAL_NAMES, ModelParameters
 
@@ -101,6 +104,34 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             os.unlink(temporary)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, value, *, indent: int | None = 2,
+                      sort_keys: bool = False, ensure_ascii: bool = True,
+                      allow_nan: bool = False, default=json_default,
+                      trailing_newline: bool = True) -> Path:
+    """Writes ``value`` as JSON (UTF-8) to ``path`` through :func:`atomic_write`.
+
+    The keyword arguments are ``json.dumps``'s; the defaults refuse NaN/±inf (invalid JSON:
+    pass the value through :func:`hagg_tf.jsonsafe.json_safe` where a number may be missing)
+    and write numpy scalars, arrays and paths (:func:`hagg_tf.jsonsafe.json_default`).
+
+    Args:
+        path: destination.
+        value: what to write.
+        trailing_newline: end the file with ``"\n"``.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: ``value`` holds NaN or ±inf and ``allow_nan`` is False.
+        TypeError: ``value`` holds something ``default`` cannot write.
+    """
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii,
+                      allow_nan=allow_nan, default=default)
+    data = (text + "\n" if trailing_newline else text).encode()
+    return atomic_write(path, lambda stream: stream.write(data))
 
 
 def _optional(value) -> int:

@@ -21,11 +21,13 @@ from hagg_tf.tensorflow_import import import_tensorflow_quietly
 import_tensorflow_quietly()
 
 from hagg_tf.networks.architecture import (  # noqa: E402  (after the quiet import)
-    ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE, Architecture, architecture_of,
-    get_architecture, DEFAULT_NUM_IMAGES, FEATURE_DIM, LEARNING_RATE, MULTI_IMAGE_BATCH_SIZE,
-    NETWORK_SPECS, SINGLE_IMAGE_BATCH_SIZE, STACK_STRATEGIES, NetworkSpec,
-    build_feature_extractor, build_network, compile_network, feature_map_sizes,
-    get_feature_extractor, minimum_image_size, network_spec)
+    ARCHITECTURES, CLASSIFIER_NETWORK, CLASSIFIER_THRESHOLD, DEFAULT_ARCHITECTURE,
+    DEFAULT_IMAGE_SIZE, Architecture, architecture_of, get_architecture, DEFAULT_NUM_IMAGES,
+    FEATURE_DIM, LEARNING_RATE, MULTI_IMAGE_BATCH_SIZE, MULTI_IMAGE_NETWORKS, NETWORK_NAMES,
+    NETWORK_SPECS, SINGLE_IMAGE_BATCH_SIZE, SINGLE_IMAGE_NETWORKS, STACK_STRATEGIES,
+    THETA_COLUMNS, THETA_NAMES, NetworkSpec, build_feature_extractor, build_network,
+    compile_network, feature_map_sizes, get_feature_extractor, head_layers,
+    input_pooling_layer, minimum_image_size, network_spec)
 from hagg_tf.networks.layers import (  # noqa: E402
     FoldImageStack, ScaledSigmoid, UnfoldImageStack)
 from hagg_tf.networks.preprocessing import (  # noqa: E402
@@ -37,8 +39,11 @@ __all__ = [
     "get_architecture",
     "DEFAULT_IMAGE_SIZE", "DEFAULT_NUM_IMAGES", "FEATURE_DIM", "LEARNING_RATE",
     "MULTI_IMAGE_BATCH_SIZE", "NETWORK_SPECS", "SINGLE_IMAGE_BATCH_SIZE", "STACK_STRATEGIES",
+    "CLASSIFIER_NETWORK", "CLASSIFIER_THRESHOLD", "MULTI_IMAGE_NETWORKS", "NETWORK_NAMES",
+    "SINGLE_IMAGE_NETWORKS", "THETA_COLUMNS", "THETA_NAMES",
     "NetworkSpec", "build_feature_extractor", "build_network", "compile_network",
-    "feature_map_sizes", "get_feature_extractor", "minimum_image_size", "network_spec",
+    "feature_map_sizes", "get_feature_extractor", "head_layers", "input_pooling_layer",
+    "minimum_image_size", "network_spec",
     "FoldImageStack", "ScaledSigmoid", "UnfoldImageStack",
     "INVERSION_THRESHOLD", "NUM_LEVELS", "ImagePreprocessing", "invert_intensities",
     "preprocess_images", "preprocess_images_numpy", "scale_and_quantize",

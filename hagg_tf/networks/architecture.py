@@ -14,7 +14,8 @@ Single-image networks (CNN^Df, CNN^ρ_reg, CNN^ρ_class) feed one image through 
 right, ``b = nu``).
 
 Inputs are images that have already been preprocessed with
-:func:`hagg_tf.networks.preprocessing.preprocess_images` (values on 256 levels in [-0.5, 0.5]);
+:func:`hagg_tf.data.preprocessing.preprocess_images` (re-exported by :mod:`hagg_tf.networks`;
+values on 256 levels in [-0.5, 0.5]);
 the SavedModel exports of :mod:`hagg_tf.export` put that preprocessing in front of the network.
 """
 from __future__ import annotations
@@ -24,16 +25,17 @@ from typing import Optional
 
 import keras
 
+# The registry of the five networks (names, targets, θ columns, activations, losses, batch
+# sizes, the classifier's threshold) is plain data below ``networks`` in the pipeline order;
+# these names are re-exported from here and from hagg_tf.networks.
+from hagg_tf.data.network_specs import (  # noqa: F401  (re-exported names)
+    CLASSIFIER_NETWORK, CLASSIFIER_THRESHOLD, DEFAULT_NUM_IMAGES, MULTI_IMAGE_BATCH_SIZE,
+    MULTI_IMAGE_NETWORKS, NETWORK_NAMES, NETWORK_SPECS, SINGLE_IMAGE_BATCH_SIZE,
+    SINGLE_IMAGE_NETWORKS, THETA_COLUMNS, THETA_NAMES, NetworkSpec, network_spec)
 from hagg_tf.networks.layers import FoldImageStack, ScaledSigmoid, UnfoldImageStack
 
 #: Side length of the paper's STEM images in pixels (Table 3, layer 0).
 DEFAULT_IMAGE_SIZE = 512
-#: Number of images per sample of the multi-image networks, the paper's nu.
-DEFAULT_NUM_IMAGES = 12
-#: Images per gradient step of CNN^Df, CNN^ρ_reg and CNN^ρ_class (n in Eq. 12).
-SINGLE_IMAGE_BATCH_SIZE = 16
-#: Samples (of ``nu`` images each) per gradient step of CNN^0 and CNN^1.
-MULTI_IMAGE_BATCH_SIZE = 8
 #: Adam learning rate of every network (Sec. 2.3.1).
 LEARNING_RATE = 1e-4
 
@@ -46,6 +48,12 @@ FEATURE_DENSE_UNITS = (224, 112)
 HEAD_HIDDEN_UNITS = 44
 #: Length of the feature vector produced by f for one image.
 FEATURE_DIM = FEATURE_DENSE_UNITS[-1]
+# Layer names, written only here: other packages reach the layers through the accessors
+# (get_feature_extractor, input_pooling_layer, head_layers), never by these strings.
+_FEATURE_EXTRACTOR_NAME = "f"
+_INPUT_POOLING_LAYER = "f_average_pooling"
+_HEAD_HIDDEN_LAYER = f"g_dense_{HEAD_HIDDEN_UNITS}"
+_HEAD_LOGIT_LAYER = "g_dense_1"
 
 #: Ways of applying f to the ``nu`` images of a multi-image sample; see :func:`build_network`.
 STACK_STRATEGIES = ("fold_batch", "time_distributed")
@@ -125,83 +133,6 @@ def get_architecture(architecture) -> Architecture:
                          f"{sorted(ARCHITECTURES)}") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class NetworkSpec:
-    """What distinguishes one of the paper's networks from the basic architecture.
-
-    Attributes:
-        name: Key accepted by :func:`build_network`; also the Keras model name and the directory
-            name of its SavedModel export.
-        output_name: Name of the output layer, the model output and the serving output.
-        target: What the output estimates, in words (with the paper's symbol).
-        multi_image: True for CNN^0 / CNN^1, which see ``nu`` images per sample (``b = nu``).
-        output_activation: ``"scaled_sigmoid"`` (1.4·sigmoid + 1.3), ``"sigmoid"`` or ``"relu"``.
-        loss: Keras loss identifier used by :func:`compile_network`.
-        batch_size: Samples per gradient step (Sec. 2.3.1).
-        invert_intensities: True if the images are preprocessed with the 1/p transform of Sec.
-            2.3.5 (only CNN^1).
-        initial_output_bias: Initial bias of the last dense layer. For the ReLU heads it is 3.5,
-            the middle of the cluster-size range {1, ..., 6}: with a zero bias about half of all
-            initial networks would output ReLU(negative) = 0 for every sample, which has zero
-            gradient and never trains. The sigmoid heads start at the middle of their range with
-            a zero bias. Only the initial value changes; Table 3 is unaffected.
-    """
-
-    name: str
-    output_name: str
-    target: str
-    multi_image: bool
-    output_activation: str
-    loss: str
-    batch_size: int
-    invert_intensities: bool = False
-    initial_output_bias: float = 0.0
-
-
-#: The five networks of Sec. 2.3.2–2.3.5, by name.
-NETWORK_SPECS = {
-    spec.name: spec
-    for spec in (
-        NetworkSpec("fractal_dimension", "fractal_dimension",
-                    "fractal dimension D_f(A) of the imaged aggregate (CNN^Df, Sec. 2.3.2)",
-                    multi_image=False, output_activation="scaled_sigmoid",
-                    loss="mean_squared_error", batch_size=SINGLE_IMAGE_BATCH_SIZE),
-        NetworkSpec("mixing_ratio_regressor", "mixing_ratio",
-                    "mixing ratio rho(A) of the imaged aggregate (CNN^rho_reg, Sec. 2.3.3)",
-                    multi_image=False, output_activation="sigmoid",
-                    loss="mean_squared_error", batch_size=SINGLE_IMAGE_BATCH_SIZE),
-        NetworkSpec("mixing_ratio_classifier", "homogeneous_probability",
-                    "probability that the aggregate is homogeneous, rho(A) in {0, 1} "
-                    "(CNN^rho_class, Sec. 2.3.3)",
-                    multi_image=False, output_activation="sigmoid",
-                    loss="binary_crossentropy", batch_size=SINGLE_IMAGE_BATCH_SIZE),
-        NetworkSpec("wo3_cluster_size", "wo3_cluster_size",
-                    "primary WO3 cluster size theta_0 before rounding (CNN^0, Sec. 2.3.4)",
-                    multi_image=True, output_activation="relu",
-                    loss="mean_squared_error", batch_size=MULTI_IMAGE_BATCH_SIZE,
-                    initial_output_bias=3.5),
-        NetworkSpec("tio2_cluster_size", "tio2_cluster_size",
-                    "primary TiO2 cluster size theta_1 before rounding, from inverse-intensity "
-                    "images (CNN^1, Sec. 2.3.5)",
-                    multi_image=True, output_activation="relu",
-                    loss="mean_squared_error", batch_size=MULTI_IMAGE_BATCH_SIZE,
-                    invert_intensities=True, initial_output_bias=3.5),
-    )
-}
-
-
-def network_spec(name: str) -> NetworkSpec:
-    """Returns the :class:`NetworkSpec` of network ``name``.
-
-    Raises:
-        KeyError: ``name`` is not one of :data:`NETWORK_SPECS`.
-    """
-    try:
-        return NETWORK_SPECS[name]
-    except KeyError:
-        raise KeyError(f"unknown network {name!r}; choose one of {sorted(NETWORK_SPECS)}") from None
-
-
 def minimum_image_size(architecture=DEFAULT_ARCHITECTURE) -> int:
     """Smallest square input side (pixels) for which every layer of f has a non-empty output.
 
@@ -239,7 +170,8 @@ def feature_map_sizes(image_size: int, architecture=DEFAULT_ARCHITECTURE) -> lis
     return sizes
 
 
-def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE, name: str = "f",
+def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE,
+                            name: str = _FEATURE_EXTRACTOR_NAME,
                             architecture=DEFAULT_ARCHITECTURE) -> keras.Model:
     """Builds the feature extractor f of Table 3 (layers 0–17), or of another architecture.
 
@@ -265,7 +197,7 @@ def build_feature_extractor(image_size: int = DEFAULT_IMAGE_SIZE, name: str = "f
     feature_map_sizes(image_size, architecture)  # fail early with a clear message
     images = keras.Input(shape=(image_size, image_size, 1), name="f_input")
     features = keras.layers.AveragePooling2D(pool_size=architecture.input_pooling,
-                                             name="f_average_pooling")(images)
+                                             name=_INPUT_POOLING_LAYER)(images)
     conv_index = 0
     pool_index = 0
     for entry in architecture.plan:
@@ -291,8 +223,9 @@ def architecture_of(model: keras.Model) -> Architecture:
     Raises:
         ValueError: its layers match no known architecture.
     """
-    feature_extractor = model if model.name == "f" else get_feature_extractor(model)
-    pooling = feature_extractor.get_layer("f_average_pooling").pool_size[0]
+    feature_extractor = (model if model.name == _FEATURE_EXTRACTOR_NAME
+                         else get_feature_extractor(model))
+    pooling = feature_extractor.get_layer(_INPUT_POOLING_LAYER).pool_size[0]
     convolutions = [(layer.filters, layer.padding) for layer in feature_extractor.layers
                     if isinstance(layer, keras.layers.Conv2D)]
     for architecture in ARCHITECTURES.values():
@@ -315,10 +248,10 @@ def _output_activation_layer(spec: NetworkSpec) -> keras.layers.Layer:
 def apply_head(features, spec: NetworkSpec):
     """Head g (Table 3, layers 18–19) plus the network-specific output activation."""
     hidden = keras.layers.Dense(HEAD_HIDDEN_UNITS, activation="relu",
-                                name=f"g_dense_{HEAD_HIDDEN_UNITS}")(features)
+                                name=_HEAD_HIDDEN_LAYER)(features)
     logits = keras.layers.Dense(
         1, bias_initializer=keras.initializers.Constant(spec.initial_output_bias),
-        name="g_dense_1")(hidden)
+        name=_HEAD_LOGIT_LAYER)(hidden)
     return _output_activation_layer(spec)(logits)
 
 
@@ -402,9 +335,34 @@ def get_feature_extractor(model: keras.Model) -> keras.Model:
     for layer in model.layers:
         if isinstance(layer, keras.layers.TimeDistributed):
             return layer.layer
-        if isinstance(layer, keras.Model) and layer.name == "f":
+        if isinstance(layer, keras.Model) and layer.name == _FEATURE_EXTRACTOR_NAME:
             return layer
-    raise ValueError(f"model {model.name!r} has no feature extractor named 'f'")
+    raise ValueError(f"model {model.name!r} has no feature extractor named "
+                     f"{_FEATURE_EXTRACTOR_NAME!r}")
+
+
+def input_pooling_layer(model: keras.Model) -> keras.layers.AveragePooling2D:
+    """The average pooling at the input of f (Table 3, layer 1) of a network or of f itself.
+
+    Its ``pool_size[0]`` is the architecture's ``input_pooling``; the layers of f after it are
+    ``get_feature_extractor(model).layers[index + 1:]``.
+    """
+    feature_extractor = (model if model.name == _FEATURE_EXTRACTOR_NAME
+                         else get_feature_extractor(model))
+    return feature_extractor.get_layer(_INPUT_POOLING_LAYER)
+
+
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers of the head g of a network, in call order (Table 3, layers 18–19).
+
+    Returns:
+        ``[dense 44 + ReLU, dense 1, output activation]``: applied in turn to f's features
+        ``(b, F)`` (``(b, ν·F)`` concatenated for the multi-image networks) they give the
+        network's output ``(b, 1)``.
+    """
+    spec = network_spec(model.name)
+    return [model.get_layer(name)
+            for name in (_HEAD_HIDDEN_LAYER, _HEAD_LOGIT_LAYER, spec.output_name)]
 
 
 def compile_network(model: keras.Model, name: Optional[str] = None,
@@ -433,3 +391,23 @@ def compile_network(model: keras.Model, name: Optional[str] = None,
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
                   loss=spec.loss, metrics=metrics)
     return model
+
+
+def get_head(model: keras.Model) -> keras.Model:
+    """Returns the head g of a network built by :func:`build_network` as a ``keras.Model``.
+
+    The returned model shares its layers (and so its weights) with ``model``: dense 44 + ReLU,
+    dense 1 and the output activation (Table 3, layers 18–19). Applied to f's features it gives
+    the network's output: ``model(x) == get_head(model)(concatenated f(x))``.
+
+    Args:
+        model: a network from :func:`build_network` (either stack strategy).
+
+    Returns:
+        A functional ``keras.Model`` named ``"g"`` mapping ``(batch, b·F)`` features (``b = 1``
+        for single-image networks, ``b = ν`` for multi-image networks, the ν feature vectors
+        concatenated in slot order; ``F`` = :data:`FEATURE_DIM`) to ``(batch, 1)`` outputs.
+    """
+    first = head_layers(model)[0]
+    # A model from an intermediate tensor: Keras clones the graph between it and the output.
+    return keras.Model(first.input, model.output, name="g")

@@ -14,12 +14,9 @@ Imports abTEM and ASE lazily: they are the optional ``physics`` extra.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import platform
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 
@@ -329,12 +326,3 @@ def software_versions() -> dict:
     import ase
     return {"abtem": abtem.__version__, "ase": ase.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON via a temporary file and rename, so a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=1, allow_nan=True))
-    os.replace(temporary, path)

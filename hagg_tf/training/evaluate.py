@@ -15,6 +15,8 @@ from typing import Union
 
 import numpy as np
 
+from hagg_tf.data.network_specs import CLASSIFIER_THRESHOLD
+
 
 def evaluate_composite(model, dataset_dir: Union[str, os.PathLike], split: str = "evaluation"
                        ) -> dict:
@@ -63,7 +65,7 @@ def evaluate_composite(model, dataset_dir: Union[str, os.PathLike], split: str =
                 per_image["rho_error"].append(estimate.mixing_ratio_per_image[k]
                                               - sample.descriptors.mixing_ratio)
                 per_image["class_correct"].append(
-                    (estimate.homogeneous_probability_per_image[k] > 0.5)
+                    (estimate.homogeneous_probability_per_image[k] > CLASSIFIER_THRESHOLD)
                     == sample.descriptors.homogeneous)
             per_group["df"].append(estimate.fractal_dimension - truth.fractal_dimension)
             per_group["rho"].append(estimate.mixing_ratio - truth.mixing_ratio)

@@ -7,10 +7,9 @@ decoding a PNG or preprocessing an image per step. The saved checkpoints (``best
 ``last.keras``) are the full networks, so everything downstream (export, characterize,
 evaluation) is unchanged.
 
-What stays as in :func:`hagg_tf.training.train_network`: the run directory layout, Adam and the
-losses of :func:`hagg_tf.networks.compile_network`, ``BackupAndRestore`` (resume after an
-interruption), early stopping on the validation part of T, best checkpoint, CSV history,
-TensorBoard, ``training.json``. What differs:
+:class:`PooledCacheSource` is the batch source of :func:`hagg_tf.training.train` for this path
+(``TrainingConfig.pooled_cache``); the run directory, Adam and the losses, resume, early
+stopping, checkpoints and logs are the trainer's, as for the TFRecord pipeline. What differs:
 
 * augmentation is the 8 symmetries of the square (random 90° rotation and reflection, which
   commute with the pooling), without the shifts of :mod:`hagg_tf.data.augment`;
@@ -28,28 +27,22 @@ TensorBoard, ``training.json``. What differs:
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
-import platform
-import shlex
-import sys
-import time
 from typing import Optional, Union
 
 import numpy as np
 
-from hagg_tf.data.pooled import PooledSplit, load_pooled_split
 from hagg_tf.data.design import disjoint_groups
+from hagg_tf.data.network_specs import network_spec
+from hagg_tf.data.pooled import SETTINGS_FILE, PooledSplit, load_pooled_split
 from hagg_tf.training import trainer
-from hagg_tf.tensorflow_import import import_tensorflow_quietly
+# hardware_description moved to the trainer; re-exported for existing callers.
+from hagg_tf.training.trainer import (SourceBatches, TrainingConfig, TrainingError,  # noqa: F401
+                                      hardware_description)
 
-#: Per-image label of each single-image network in a pooled split.
-SINGLE_IMAGE_LABELS = {"fractal_dimension": "fractal_dimension",
-                       "mixing_ratio_regressor": "mixing_ratio",
-                       "mixing_ratio_classifier": "homogeneous"}
-#: Column of ``theta`` each multi-image network estimates.
-MULTI_IMAGE_THETA_COLUMNS = {"wo3_cluster_size": 2, "tio2_cluster_size": 3}
+#: ``ReduceLROnPlateau`` patience of the pooled CPU recipe (docs/learning.md) unless set.
+DEFAULT_REDUCE_LR_PATIENCE = 1
 
 
 def pooled_twin(model, keras):
@@ -85,8 +78,8 @@ def apply_trained_head(model, features):
     """The head g (and output activation) of ``model`` applied to ``features`` (b, ν·112)."""
     from hagg_tf import networks
 
-    for name in ("g_dense_44", "g_dense_1", networks.network_spec(model.name).output_name):
-        features = model.get_layer(name)(features)
+    for layer in networks.head_layers(model):
+        features = layer(features)
     return features
 
 
@@ -95,7 +88,7 @@ def _pooled_chain(model):
     from hagg_tf import networks
 
     feature_extractor = networks.get_feature_extractor(model)
-    pooling = feature_extractor.get_layer("f_average_pooling")
+    pooling = networks.input_pooling_layer(feature_extractor)
     side = int(model.input_shape[-2]) // int(pooling.pool_size[0])
     chain = feature_extractor.layers[feature_extractor.layers.index(pooling) + 1:]
 
@@ -134,12 +127,13 @@ def epoch_plan(split: PooledSplit, network: str, batch_size: int, seed: int, epo
         Batches of rows: (b,) arrays for single-image networks, (b, ν) for multi-image ones.
     """
     rng = np.random.default_rng([int(seed), int(epoch) if training else 0, 0x504F4F4C])
-    if network in MULTI_IMAGE_THETA_COLUMNS:
+    spec = network_spec(network)
+    if spec.multi_image:
         samples = disjoint_groups(split.labels["theta_id"], num_images,
                                   seed=int(rng.integers(2 ** 31)))
     else:
         samples = np.arange(len(split), dtype=np.int64)
-        if network == "mixing_ratio_classifier" and training:
+        if spec.is_classifier and training:
             homogeneous = split.labels["homogeneous"].astype(bool)
             minority, majority = samples[homogeneous], samples[~homogeneous]
             if len(minority) > len(majority):
@@ -203,10 +197,9 @@ def make_batches(keras, split: PooledSplit, network: str, batch_size: int, seed:
                 images = _augment(images, rng)
             if spec.multi_image:
                 images = images.reshape(rows.shape + images.shape[1:])
-                column = MULTI_IMAGE_THETA_COLUMNS[network]
-                targets = split.labels["theta"][rows[:, 0], column]
+                targets = split.labels["theta"][rows[:, 0], spec.theta_column]
             else:
-                targets = split.labels[SINGLE_IMAGE_LABELS[network]][rows]
+                targets = split.labels[spec.image_label][rows]
             return images, np.asarray(targets, np.float32)[:, np.newaxis]
 
         def on_epoch_end(self):
@@ -249,7 +242,7 @@ def recalibrate_batch_norm(model, twin, batches, max_batches: int) -> int:
     return len(picks)
 
 
-def _validation_callback(keras, model, twin, train_batches, validation_batches, loss: str,
+def _validation_callback(keras, model, twin, train_batches, validation_batches, spec,
                          calibration_batches: int):
     class PreciseBatchNormValidation(keras.callbacks.Callback):
         """Re-estimates batch norm, then writes val_loss and the metric into the epoch logs."""
@@ -266,11 +259,12 @@ def _validation_callback(keras, model, twin, train_batches, validation_batches, 
                 outputs.append(np.asarray(twin(inputs, training=False))[:, 0])
                 targets.append(target[:, 0])
             output, target = np.concatenate(outputs), np.concatenate(targets)
-            if loss == "binary_crossentropy":
+            if spec.loss == "binary_crossentropy":
                 clipped = np.clip(output, 1e-7, 1 - 1e-7)
                 logs["val_loss"] = float(-np.mean(target * np.log(clipped)
                                                   + (1 - target) * np.log(1 - clipped)))
-                logs["val_accuracy"] = float(np.mean((output > 0.5) == (target > 0.5)))
+                threshold = spec.classifier_threshold
+                logs["val_accuracy"] = float(np.mean((output > threshold) == (target > threshold)))
             else:
                 logs["val_loss"] = float(np.mean((output - target) ** 2))
                 logs["val_mae"] = float(np.mean(np.abs(output - target)))
@@ -278,245 +272,124 @@ def _validation_callback(keras, model, twin, train_batches, validation_batches, 
     return PreciseBatchNormValidation()
 
 
-def _save_best_callback(keras, model, path: pathlib.Path, monitor: str,
-                        initial: Optional[float]):
-    class SaveBestFullNetwork(keras.callbacks.Callback):
-        """Saves the full network (not the pooled twin) when ``monitor`` improves."""
 
-        def __init__(self):
-            super().__init__()
-            self.best = math.inf if initial is None else float(initial)
+class PooledCacheSource:
+    """Batches of a pooled cache (:mod:`hagg_tf.data.pooled`) for :func:`hagg_tf.training.train`.
 
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(monitor)
-            if value is None or not value < self.best:
-                return
-            self.best = float(value)
-            temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-            model.save(temporary)
-            os.replace(temporary, path)
+    ``fit`` trains the network's pooled twin (:func:`pooled_twin`) on :func:`make_batches`; the
+    validation part of T is scored, after the batch-norm re-estimation, by a callback that runs
+    before the trainer's own (see the module docstring).
 
-    return SaveBestFullNetwork()
+    Args:
+        cache_dir: the cache, built from ``dataset_dir`` with the architecture's input pooling.
+        dataset_dir: the database the cache was built from (checked against the cache).
+        calibration_batches: training batches averaged by the batch-norm re-estimation.
+    """
 
+    description = "pooled cache"
 
-def hardware_description() -> str:
-    """CPU model and core count of this machine, for training logs."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores used, no GPU ({platform.system()})"
+    def __init__(self, cache_dir: Union[str, os.PathLike], dataset_dir: Union[str, os.PathLike],
+                 calibration_batches: int = 64):
+        self.cache_dir = pathlib.Path(cache_dir)
+        self.dataset_dir = pathlib.Path(dataset_dir)
+        self.calibration_batches = int(calibration_batches)
+        self._validation_batches = None
+
+    def image_size(self, config: TrainingConfig) -> int:
+        """Side of the cached database's images, after checking the cache fits ``config``."""
+        from hagg_tf.networks.architecture import get_architecture
+
+        if config.strategy != "default":
+            raise TrainingError(f"strategy {config.strategy!r} is not supported with a pooled "
+                                "cache (the pooled path trains in one process)")
+        if config.stack_strategy != "fold_batch":
+            raise TrainingError("a pooled cache trains fold_batch networks only, not "
+                                f"{config.stack_strategy!r}")
+        settings_path = self.cache_dir / SETTINGS_FILE
+        if not settings_path.is_file():
+            raise TrainingError(f"{self.cache_dir}: no pooled cache")
+        cache_settings = json.loads(settings_path.read_text())
+        architecture = get_architecture(config.architecture)
+        if int(cache_settings["pooling"]) != architecture.input_pooling:
+            raise TrainingError(
+                f"{self.cache_dir} pools {cache_settings['pooling']}×{cache_settings['pooling']}, "
+                f"the {architecture.name} architecture "
+                f"{architecture.input_pooling}×{architecture.input_pooling}")
+        return int(cache_settings["image_size"])
+
+    def open(self, config: TrainingConfig, resume_epoch: int, distribution,
+             verbose: int) -> SourceBatches:
+        """The run's training batches (epoch plans from (seed, epoch), so a resumed run continues
+        with exactly the batches it would have seen) and validation batches."""
+        import keras
+
+        train_split = load_pooled_split(self.cache_dir, "train", self.dataset_dir)
+        validation_split = load_pooled_split(self.cache_dir, "validation", self.dataset_dir)
+        train_batches = make_batches(keras, train_split, config.network, config.batch_size,
+                                     config.seed, True, config.num_images,
+                                     first_epoch=resume_epoch,
+                                     max_batches=config.steps_per_epoch)
+        self._validation_batches = make_batches(keras, validation_split, config.network,
+                                                config.batch_size, config.seed, False,
+                                                config.num_images)
+        if len(train_batches) == 0:
+            raise TrainingError(f"{self.cache_dir}: the train split holds no batch of "
+                                f"{config.batch_size} samples for {config.network}")
+        if len(self._validation_batches):
+            monitor, note = "val_loss", "validation split (part of T)"
+        else:
+            # As the TFRecord pipeline: without validation samples the training loss decides.
+            monitor = "loss"
+            note = (f"no validation samples of {config.network} in the validation split; early "
+                    "stopping and the best checkpoint use the training loss")
+            if verbose:
+                print(f"{config.network}: {note}")
+        pooling = json.loads((self.cache_dir / SETTINGS_FILE).read_text())["pooling"]
+        return SourceBatches(
+            train_batches, len(train_batches), monitor, note, {},
+            {"input": f"pooled cache {self.cache_dir.name} ({pooling}x{pooling})",
+             "augmentation": "8 symmetries of the square",
+             "batch_norm": f"re-estimated on {self.calibration_batches} training batches every "
+                           "epoch"})
+
+    def model_to_fit(self, model, keras):
+        """The pooled twin of ``model`` (shares all its weights)."""
+        return pooled_twin(model, keras)
+
+    def callbacks(self, keras, model, fit_model, batches: SourceBatches) -> list:
+        """The batch-norm re-estimation and validation, before the trainer's callbacks (which
+        read the validation loss it logs)."""
+        return [_validation_callback(keras, model, fit_model, batches.train,
+                                     self._validation_batches, network_spec(model.name),
+                                     self.calibration_batches)]
 
 
 def train_pooled_network(name: str, cache_dir: Union[str, os.PathLike],
-                         output_dir: Union[str, os.PathLike], *, architecture: str = "compact",
-                         epochs: int = 30, batch_size: Optional[int] = None,
-                         learning_rate: Optional[float] = None, num_images: int = 12,
-                         seed: int = 0, patience: int = 4,
-                         dataset_dir: Union[str, os.PathLike],
-                         max_wall_seconds: Optional[float] = None,
-                         calibration_batches: int = 64,
-                         steps_per_epoch: Optional[int] = None,
-                         reduce_lr_patience: Optional[int] = 1,
-                         init_from: Optional[Union[str, os.PathLike]] = None,
-                         verbose: int = 2) -> trainer.TrainingResult:
-    """Trains (or resumes) one network from a pooled cache; see the module docstring.
+                         output_dir: Union[str, os.PathLike], *,
+                         dataset_dir: Union[str, os.PathLike], architecture: str = "compact",
+                         epochs: int = 30, patience: int = 4,
+                         reduce_lr_patience: Optional[int] = DEFAULT_REDUCE_LR_PATIENCE,
+                         verbose: int = 2, **settings) -> trainer.TrainingResult:
+    """:func:`hagg_tf.training.train` from a pooled cache, with the CPU recipe's defaults.
 
     Args:
         name: network name.
         cache_dir: pooled cache of the database (:func:`hagg_tf.data.pooled.build_pooled_cache`)
             whose pooling equals the architecture's input pooling.
-        output_dir: run directory (as :func:`hagg_tf.training.train_network`'s).
-        architecture: feature extractor (:data:`hagg_tf.networks.ARCHITECTURES`).
-        epochs: epochs in total (a resumed run continues up to this number).
-        batch_size: samples per step (default: the paper's 16 / 8).
-        learning_rate: Adam's (default: the paper's 1e-4).
-        num_images: ν of the multi-image networks.
-        seed: weights, epoch plans and augmentation.
-        patience: early stopping on the validation loss, epochs.
+        output_dir: run directory.
         dataset_dir: the database the cache was built from (checked against the cache).
-        max_wall_seconds: stop after the first epoch that ends past this many seconds of this
-            call (the budget of a CPU run); a rerun resumes.
-        calibration_batches: training batches averaged by the batch-norm re-estimation.
-        steps_per_epoch: cut every epoch to this many steps (default: one pass over T).
-        reduce_lr_patience: multiply the learning rate by 0.3 after this many epochs without
-            improvement of the monitored loss (down to 1e-5); None keeps it constant.
-        init_from: run directory of another network of the same architecture and image size
-            whose feature extractor f (best checkpoint) initialises this one's at a fresh start
-            (transfer learning: f is "largely consistent across all model parameters", Sec.
-            2.3 of the paper); ignored when resuming.
+        architecture, epochs, patience, reduce_lr_patience: :class:`TrainingConfig` fields, with
+            this path's defaults (compact, 30 epochs, patience 4, learning rate ×0.3 after one
+            epoch without improvement).
         verbose: Keras ``fit`` verbosity.
+        **settings: further :class:`TrainingConfig` fields (``batch_size``, ``learning_rate``,
+            ``num_images``, ``seed``, ``max_wall_seconds``, ``calibration_batches``,
+            ``steps_per_epoch``, ``init_from``, ...).
 
     Returns:
         A :class:`hagg_tf.training.TrainingResult`.
     """
-    tf = import_tensorflow_quietly()
-    import keras
-
-    from hagg_tf import networks
-
-    spec = networks.network_spec(name)
-    arch = networks.get_architecture(architecture)
-    output_dir = pathlib.Path(output_dir)
-    cache_dir = pathlib.Path(cache_dir)
-    settings_path = cache_dir / "cache.json"
-    if not settings_path.is_file():
-        raise trainer.TrainingError(f"{cache_dir}: no pooled cache")
-    cache_settings = json.loads(settings_path.read_text())
-    if int(cache_settings["pooling"]) != arch.input_pooling:
-        raise trainer.TrainingError(
-            f"{cache_dir} pools {cache_settings['pooling']}×{cache_settings['pooling']}, the "
-            f"{arch.name} architecture {arch.input_pooling}×{arch.input_pooling}")
-    image_size = int(cache_settings["image_size"])
-    batch_size = spec.batch_size if batch_size is None else int(batch_size)
-    learning_rate = networks.LEARNING_RATE if learning_rate is None else float(learning_rate)
-    summary_path = output_dir / trainer.SUMMARY
-    previous_wall = 0.0
-    if summary_path.is_file():
-        previous = json.loads(summary_path.read_text())
-        previous_wall = float(previous.get("wall_s_total") or 0.0)
-        if previous.get("network") != name:
-            raise trainer.TrainingError(f"{output_dir} holds a run of "
-                                        f"{previous.get('network')!r}, not {name!r}")
-        # As train_network: a run that early stopping ended is complete for the epochs it was
-        # asked for, although it finished fewer.
-        if previous.get("status") == "complete" and \
-                previous.get("epochs", previous.get("final_epoch", 0)) >= epochs:
-            return trainer.TrainingResult(output_dir, {}, 0, previous["final_epoch"],
-                                          previous["final_epoch"],
-                                          previous.get("stopped_early", False), math.nan,
-                                          previous.get("monitor", "val_loss"),
-                                          output_dir / trainer.BEST_MODEL,
-                                          output_dir / trainer.LAST_MODEL, already_complete=True)
-
-    from hagg_tf.data import load_manifest
-
-    pixel_size_nm = trainer._pixel_size(load_manifest(dataset_dir))
-    train = load_pooled_split(cache_dir, "train", dataset_dir)
-    validation = load_pooled_split(cache_dir, "validation", dataset_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resume_epoch = trainer.backup_epoch(output_dir)
-    trainer._truncate_history(output_dir, resume_epoch)
-    history_rows = trainer.read_history(output_dir)
-
-    keras.utils.set_random_seed(seed)
-    model = networks.build_network(name, image_size=image_size, num_images=num_images,
-                                   architecture=arch.name)
-    if init_from is not None and resume_epoch == 0:
-        source = trainer.load_trained_network(init_from)
-        try:
-            networks.get_feature_extractor(model).set_weights(
-                networks.get_feature_extractor(source).get_weights())
-        except ValueError as error:
-            raise trainer.TrainingError(f"--init_from={init_from}: its f does not fit this "
-                                        f"network's ({error})") from None
-    twin = pooled_twin(model, keras)
-    networks.compile_network(twin, name, learning_rate=learning_rate)
-    train_batches = make_batches(keras, train, name, batch_size, seed, True, num_images,
-                                 first_epoch=resume_epoch, max_batches=steps_per_epoch)
-    validation_batches = make_batches(keras, validation, name, batch_size, seed, False,
-                                      num_images)
-    if len(train_batches) == 0:
-        raise trainer.TrainingError(f"{cache_dir}: the train split holds no batch of "
-                                    f"{batch_size} samples for {name}")
-    images_per_step = batch_size * (num_images if spec.multi_image else 1)
-    meter = trainer._throughput_meter(keras, images_per_step, trainer.DEFAULT_WARMUP_STEPS)
-    if len(validation_batches):
-        monitor, validation_note = "val_loss", "validation split (part of T)"
-    else:
-        # As train_network: without validation samples the training loss decides.
-        monitor = "loss"
-        validation_note = (f"no validation samples of {name} in the validation split; early "
-                           "stopping and the best checkpoint use the training loss")
-        if verbose:
-            print(f"{name}: {validation_note}")
-    previous = [row[monitor] for row in history_rows if monitor in row]
-    callbacks = [_validation_callback(keras, model, twin, train_batches, validation_batches,
-                                      spec.loss, calibration_batches)]
-    callbacks += trainer._callbacks(keras, output_dir, monitor, patience, True,
-                                   output_dir / trainer.BACKUP, None, history_rows, meter,
-                                   checkpoint=_save_best_callback(
-                                       keras, model, output_dir / trainer.BEST_MODEL, monitor,
-                                       min(previous) if previous else None))
-    if reduce_lr_patience is not None:
-        # After the built-ins: it reads the validation loss the first callback put in the logs.
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=0.3, patience=reduce_lr_patience, min_lr=1e-5, verbose=0))
-    started = time.perf_counter()
-    budget = None
-    if max_wall_seconds is not None:
-        class WallBudget(keras.callbacks.Callback):
-            """Stops after the first epoch that ends past the budget.
-
-            Runs after early stopping: an epoch that early stopping ended does not count as
-            the budget's (``exhausted`` stays False).
-            """
-
-            exhausted = False
-
-            def on_epoch_end(self, epoch, logs=None):
-                if not self.model.stop_training and \
-                        time.perf_counter() - started > max_wall_seconds:
-                    self.exhausted = True
-                    self.model.stop_training = True
-
-        budget = WallBudget()
-        callbacks.append(budget)
-    settings = {
-        "network": name, "architecture": arch.name, "dataset": str(dataset_dir),
-        "input": f"pooled cache {cache_dir.name} ({arch.input_pooling}x{arch.input_pooling})",
-        "image_size": image_size, "pixel_size_nm": pixel_size_nm,
-        "num_images": num_images if spec.multi_image else 1, "batch_size": batch_size,
-        "learning_rate": learning_rate, "loss": spec.loss, "epochs": epochs,
-        "steps_per_epoch": len(train_batches), "train_records": len(train),
-        "validation_records": len(validation), "validation": validation_note,
-        "monitor": monitor, "patience": patience, "seed": seed,
-        "command": shlex.join([pathlib.Path(sys.argv[0]).name if os.path.isabs(sys.argv[0])
-                               else sys.argv[0], *sys.argv[1:]]),
-        "hardware": hardware_description(), "max_wall_seconds": max_wall_seconds,
-        "init_from": None if init_from is None else str(init_from),
-        "augmentation": "8 symmetries of the square",
-        "batch_norm": f"re-estimated on {calibration_batches} training batches every epoch",
-        "learning_rate_schedule": ("constant" if reduce_lr_patience is None else
-                                   f"x0.3 after {reduce_lr_patience} epoch(s) without "
-                                   f"improvement of {monitor}, down to 1e-5"),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__, "parameters": int(model.count_params()),
-    }
-    trainer._write_json(summary_path, {**settings, "status": "running",
-                                       "resumed_from_epoch": resume_epoch})
-    history = twin.fit(train_batches, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    wall = time.perf_counter() - started
-    rows = trainer.read_history(output_dir)
-    final_epoch = trainer.backup_epoch(output_dir) or len(rows)
-    epochs_run = len(next(iter(history.history.values()), []))
-    temporary = output_dir / f".last.tmp-{os.getpid()}.keras"
-    model.save(temporary)
-    os.replace(temporary, output_dir / trainer.LAST_MODEL)
-    best = output_dir / trainer.BEST_MODEL
-    # Fewer epochs than asked for: the wall budget ran out (a rerun continues), or early
-    # stopping ended the run (complete).
-    out_of_budget = final_epoch < epochs and budget is not None and budget.exhausted
-    stopped_early = final_epoch < epochs and not out_of_budget
-    trainer._write_json(summary_path, {
-        **settings, "status": "budget" if out_of_budget else "complete",
-        "resumed_from_epoch": resume_epoch, "final_epoch": final_epoch,
-        "stopped_early": stopped_early, "epochs_run_last_call": epochs_run,
-        "wall_s_last_call": round(wall, 1), "wall_s_total": round(previous_wall + wall, 1),
-        "images_per_second_last_call": trainer._round_or_none(meter.images_per_second),
-        "wall_s_total_note": "sum over calls, including validation",
-        "images_seen": final_epoch * len(train_batches) * images_per_step,
-        "best": {"path": trainer.BEST_MODEL if best.exists() else None,
-                 **trainer._best_row(rows, monitor)},
-        "history_last": rows[-1] if rows else None,
-    })
-    return trainer.TrainingResult(output_dir, history.history, epochs_run, resume_epoch,
-                                  final_epoch, stopped_early, meter.images_per_second, monitor,
-                                  best if best.exists() else None,
-                                  output_dir / trainer.LAST_MODEL)
+    config = TrainingConfig(name, dataset_dir, output_dir, epochs=epochs, patience=patience,
+                            architecture=architecture, pooled_cache=cache_dir,
+                            reduce_lr_patience=reduce_lr_patience, **settings)
+    return trainer.train(config, verbose=verbose)

@@ -1,9 +1,9 @@
 """Exporting trained networks: the composite characterize model and per-network SavedModels.
 
-Used by ``hagg-export-models`` (:mod:`hagg_tf.cli.export_models`) and by
-``examples/make_placeholder_models.py``. A model card (what the networks were trained on, for how
-long, and, with ``evaluate_dataset``, their measured accuracy) goes into the composite's
-``hagg_tf_export.json``; ``hagg-characterize`` prints it.
+From training runs (``<runs>/<network>/``, :mod:`hagg_tf.training`) or from the weights of a
+composite export. Used by ``hagg-export-models`` (:mod:`hagg_tf.cli.export_models`). A model card
+(what the networks were trained on, for how long, and, with ``evaluate_dataset``, their measured
+accuracy) goes into the composite's ``hagg_tf_export.json``; ``hagg-characterize`` prints it.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import json
 import pathlib
 from typing import Optional
 
-#: The five networks, in the composite's order.
-NETWORK_NAMES = ("fractal_dimension", "mixing_ratio_regressor", "mixing_ratio_classifier",
-                 "wo3_cluster_size", "tio2_cluster_size")
+# The five networks, in the composite's order (re-exported: the registry's NETWORK_NAMES).
+from hagg_tf.data.network_specs import NETWORK_NAMES
+from hagg_tf.model.io import write_json_atomic
 
 
 def _training_card(runs: pathlib.Path) -> tuple[dict, Optional[float]]:
@@ -45,7 +45,7 @@ def training_log_markdown(runs) -> str:
     Args:
         runs: directory with ``<network>/training.json`` and ``<network>/history.csv``.
     """
-    from hagg_tf.training.trainer import read_history
+    from hagg_tf.training import read_history
 
     runs = pathlib.Path(runs)
     lines = ["# Training log of the shipped networks", "",
@@ -102,26 +102,32 @@ def training_log_markdown(runs) -> str:
 def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "float16",
                      evaluate_dataset=None, placeholder: bool = False, overwrite: bool = False,
                      which: str = "best", per_network: bool = False,
-                     composite: bool = True) -> dict:
+                     composite: bool = True, litert: bool = False) -> dict:
     """Exports the five networks of ``runs/<network>/`` (see the module docstring).
 
+    Args:
+        litert: also write the composite's LiteRT conversion beside it
+            (:func:`hagg_tf.export.litert.write_litert_model`, checked against the SavedModel;
+            needs ``ai-edge-litert``), which ``hagg-characterize`` runs without TensorFlow.
+
     Returns:
-        ``{"composite": version dir, "<network>": version dir, "model_card": dict}``.
+        ``{"composite": version dir, "litert": .tflite path (with ``litert``), "<network>":
+        version dir, "model_card": dict}``.
     """
-    from hagg_tf.training.trainer import load_trained_network
+    from hagg_tf.training import load_trained_network
 
     runs = pathlib.Path(runs)
     models = {name: load_trained_network(runs / name, which) for name in NETWORK_NAMES}
     training, pixel_size = _training_card(runs)
     written = _export(models, output, version, kernel_dtype, pixel_size, training,
-                      evaluate_dataset, placeholder, overwrite, per_network, composite)
+                      evaluate_dataset, placeholder, overwrite, per_network, composite, litert)
     if composite:
         (written["composite"] / TRAINING_LOG).write_text(training_log_markdown(runs))
     return written
 
 
 def _export(models, output, version, kernel_dtype, pixel_size, training, evaluate_dataset,
-            placeholder, overwrite, per_network, composite) -> dict:
+            placeholder, overwrite, per_network, composite, litert=False) -> dict:
     from hagg_tf.estimation.model import CharacterizeModel, METADATA_FILENAME
     from hagg_tf.export import export_network
     from hagg_tf.export.characterize import export_characterize_model
@@ -156,7 +162,11 @@ def _export(models, output, version, kernel_dtype, pixel_size, training, evaluat
             metadata_path = version_dir / METADATA_FILENAME
             metadata = json.loads(metadata_path.read_text())
             metadata["model_card"] = card
-            metadata_path.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+            write_json_atomic(metadata_path, metadata, ensure_ascii=False)
+        if litert:  # after the model card: the conversion is tied to the SavedModel's graph
+            from hagg_tf.export.litert import write_litert_model
+
+            written["litert"] = write_litert_model(version_dir)
     if per_network:
         for name, model in models.items():
             written[name] = export_network(model, output, version, overwrite=overwrite)
@@ -191,11 +201,12 @@ def networks_from_composite(source=None) -> tuple[dict, dict]:
 
 def export_from_composite(source, output, *, version: int = 1, overwrite: bool = False,
                           per_network: bool = True, composite: bool = False,
-                          kernel_dtype: str = "float16") -> dict:
-    """Rebuilds the Keras networks from a composite export and exports them again."""
+                          kernel_dtype: str = "float16", litert: bool = False) -> dict:
+    """Rebuilds the Keras networks from a composite export and exports them again
+    (``litert``: with the new composite's LiteRT conversion, as for :func:`export_from_runs`)."""
     models, metadata = networks_from_composite(source)
     card = dict(metadata.get("model_card") or {})
     written = _export(models, output, version, kernel_dtype, metadata.get("pixel_size_nm"),
                       card.get("training", {}), None, card.get("status") == "placeholder",
-                      overwrite, per_network, composite)
+                      overwrite, per_network, composite, litert)
     return written
