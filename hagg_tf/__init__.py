@@ -10,19 +10,20 @@ from hagg_tf.model.generator import GenerationError, sample_aggregate
 from hagg_tf.model.io import (export_csv, export_xyz, load_aggregate, load_aggregates,
                               save_aggregate, save_aggregates)
 
-from hagg_tf import data  # noqa: F401  (TensorFlow loads only when a pipeline is used)
-
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
     # hagg_tf.characterize and hagg_tf.models (the network builders) need TensorFlow; load them
     # on first use only, so that the model, descriptors and I/O stay importable (and fast)
-    # without it. hagg_tf.networks is the internal package behind hagg_tf.models.
+    # without it. hagg_tf.networks is the internal package behind hagg_tf.models. hagg_tf.data
+    # (the database; TensorFlow only when a pipeline is used) loads on first use too: it brings
+    # the STEM renderer and scipy.ndimage, a third of a second that every tool (hagg-characterize
+    # included) would otherwise pay at start-up.
     if name == "characterize":
         from hagg_tf.estimation import characterize
         return characterize
-    if name in ("models", "networks"):
+    if name in ("models", "networks", "data"):
         import importlib
         return importlib.import_module(f"hagg_tf.{name}")
     raise AttributeError(f"module 'hagg_tf' has no attribute {name!r}")

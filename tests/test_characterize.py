@@ -67,6 +67,13 @@ def test_shipped_example_runs_end_to_end(tmp_path):
     assert report["simulated_theta"] == {"fractal_dimension": 1.8, "mixing_ratio": 0.5,
                                          "wo3_cluster_size": 3, "tio2_cluster_size": 2}
     assert report["shadows"]["count"] == 6
+    # θ̂ with its bootstrap uncertainty (200 resamples by default), the shadows drawn over it
+    uncertainty = report["uncertainty"]["parameters"]["fractal_dimension"]
+    assert report["uncertainty"]["resamples"] == 200 and 0 < uncertainty["sd"] < 0.2
+    assert uncertainty["interval_95"][0] <= theta["fractal_dimension"] <= \
+        uncertainty["interval_95"][1]
+    assert report["shadows"]["theta_from"] == "bootstrap"
+    assert f"θ_Df = {theta['fractal_dimension']:.3f} ± " in result.stdout
     assert set(report["shadows"]["descriptors"]) >= {"S_TiO2", "Z_hetero", "Z_total"}
     assert (output / "shadows.npz").is_file() and (output / "shadows.xyz").is_file()
     # The shipped networks are trained (saved_models/characterize/2): an untrained or placeholder

@@ -97,19 +97,16 @@ CARD = {"status": "trained",
 
 def fake_result(num_images=7, shadows=5, card=CARD):
     """A CharacterizationResult without TensorFlow: made-up network outputs, real shadows."""
-    from hagg_tf.estimation import CharacterizationResult, estimate_theta, shadow_summary
+    from conftest import made_up_estimate
+
+    from hagg_tf.estimation import CharacterizationResult, shadow_summary
     from hagg_tf.estimation.images import PreparedImages
     from hagg_tf.estimation.shadows import collect_shadows
 
-    rng = np.random.default_rng(1)
-    estimate = estimate_theta(
-        fractal_dimension=rng.uniform(1.7, 1.9, num_images),
-        mixing_ratio_regressor=rng.uniform(0.4, 0.6, num_images),
-        homogeneous_probability=np.full(num_images, 0.1),
-        wo3_cluster_size_per_subset=[3.2], tio2_cluster_size_per_subset=[1.9])
+    estimate = made_up_estimate(num_images)
     params = estimate.shadow_parameters()
     aggregates, descriptors, restarts = collect_shadows(params, shadows, seed=0, workers=1)
-    counts = rng.poisson(3.0, (num_images, 64, 64)).astype(np.float32)
+    counts = np.random.default_rng(2).poisson(3.0, (num_images, 64, 64)).astype(np.float32)
     images = [{"path": f"img-{k:02d}.tif", "pixel_size_nm": 1.2} for k in range(num_images)]
     return CharacterizationResult(
         estimate=estimate, shadow_parameters=params, shadows=aggregates,
@@ -260,3 +257,30 @@ def test_too_many_shadows_are_refused_with_the_maximum(one_error_line):
         characterize("no/such/folder", shadows=100_000_000)
     line = one_error_line(run_tool(EXAMPLE, "--shadows=100000000", timeout=60))
     assert f"maximum of {MAX_SHADOWS}" in line
+
+
+def test_a_cluster_size_network_that_answers_nearly_a_constant_is_named_in_a_warning():
+    import copy
+
+    from hagg_tf.estimation.model import read_metadata, resolve_version_dir
+    from hagg_tf.estimation.quantities import UNRESOLVED_RANGE_SHARE, unresolved_parameter_warnings
+    from hagg_tf.model.parameters import TABLE2_CLUSTER_SIZES
+
+    card = read_metadata(resolve_version_dir(
+        pathlib.Path(__file__).resolve().parents[1] / "saved_models"))["model_card"]
+    # The shipped CNN^1 spans 3.2–4.1 on its evaluation (true sizes 1–6): flagged; CNN^0 is not.
+    warnings = unresolved_parameter_warnings(card)
+    assert len(warnings) == 1 and "θ_1" in warnings[0] and "S_TiO2" in warnings[0]
+    assert "3.2–4.1" in warnings[0]
+    # The rule is the span of the raw outputs against the design's range of true sizes.
+    width = max(TABLE2_CLUSTER_SIZES) - min(TABLE2_CLUSTER_SIZES)
+    resolved = copy.deepcopy(card)
+    resolved["accuracy"]["per_theta"]["tio2_cluster_size_raw_range"] = [
+        1.0, 1.0 + UNRESOLVED_RANGE_SHARE * width]
+    assert unresolved_parameter_warnings(resolved) == []
+    narrow = copy.deepcopy(resolved)
+    narrow["accuracy"]["per_theta"]["wo3_cluster_size_raw_range"] = [2.0, 2.1]
+    assert ["θ_0" in warning for warning in unresolved_parameter_warnings(narrow)] == [True]
+    # Nothing to judge without an evaluation.
+    assert unresolved_parameter_warnings({}) == []
+    assert unresolved_parameter_warnings(None) == []

@@ -191,7 +191,9 @@ def test_wheel_carries_the_shipped_models_and_the_main_job_runs_from_another_dir
     result = run_outside([str(site / "bin" / "hagg-characterize"), "sample_a", "--shadows=4",
                           "--nofigure"], site, elsewhere)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stderr == "", result.stderr
+    # Only the tool's own warnings (the shipped model card's), no native log or traceback.
+    noise = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert noise == [], result.stderr
     report = json.loads((elsewhere / "work" / "characterize" / "sample_a" / "report.json")
                         .read_text())
     models = pathlib.Path(report["model"]["path"])

@@ -31,17 +31,21 @@ EXAMPLE = REPO / "examples" / "sample_a"
 SHIPPED = REPO / "saved_models"
 HOST = "127.0.0.1"
 MODEL = "characterize"
+#: θ̂ of hagg-characterize's default runtime (LiteRT) against the served SavedModel: the
+#: conversion's own tolerance (hagg_tf.export.litert.FLOAT_NOISE_TOLERANCE, relative).
+RUNTIME_TOLERANCE = 2e-5
 
 
 # --- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def characterized():
-    """The shipped model and what hagg-characterize's function finds on examples/sample_a."""
+    """The shipped SavedModel, and what hagg-characterize's function finds on examples/sample_a
+    with the CLI's default runtime (LiteRT where the conversion is shipped)."""
     from hagg_tf.estimation import CharacterizeModel, characterize
 
     model = CharacterizeModel(SHIPPED)
-    result = characterize(str(EXAMPLE), model=model, shadows=1, workers=1)
+    result = characterize(str(EXAMPLE), shadows=1, workers=1)
     return model, result
 
 
@@ -94,15 +98,17 @@ def _assert_same_theta(outputs, expected):
 
     got = ThetaEstimate.from_outputs({name: np.asarray(value)[np.newaxis]
                                       for name, value in outputs.items()})
-    assert got.theta == expected.theta  # cluster sizes rounded: exactly equal
-    np.testing.assert_allclose(got.theta_raw, expected.theta_raw, rtol=1e-6)
+    assert got.theta[2:] == expected.theta[2:]  # cluster sizes rounded: exactly equal
+    np.testing.assert_allclose(got.theta_raw, expected.theta_raw, rtol=RUNTIME_TOLERANCE,
+                               atol=RUNTIME_TOLERANCE)
     for name in ("fractal_dimension_per_image", "mixing_ratio_per_image",
                  "homogeneous_probability_per_image", "wo3_cluster_size_per_subset",
                  "tio2_cluster_size_per_subset"):
-        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name),
+                                   rtol=RUNTIME_TOLERANCE, atol=RUNTIME_TOLERANCE, err_msg=name)
     np.testing.assert_allclose(np.asarray(outputs["theta"], np.float64),
-                               np.asarray(expected.theta, np.float64), rtol=1e-6)
+                               np.asarray(expected.theta, np.float64), rtol=RUNTIME_TOLERANCE,
+                               atol=RUNTIME_TOLERANCE)
 
 
 # --- the θ̂ of hagg-characterize through both APIs ------------------------------------------------
@@ -153,7 +159,7 @@ def test_grpc_predict_with_the_official_stub_gives_the_same_theta(stub, sample):
     response = stub.Predict(request, timeout=120)
     assert list(response.outputs) == ["theta"]
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["theta"])[0], expected.theta,
-                               rtol=1e-6)
+                               rtol=RUNTIME_TOLERANCE, atol=RUNTIME_TOLERANCE)
 
 
 # --- metadata and status --------------------------------------------------------------------------

@@ -38,7 +38,6 @@ images (about 40 min on 2 shared cores).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -159,7 +158,7 @@ def _model_card(predictions, ran_networks: bool):
 
 def _run_robustness(output: Path) -> dict:
     """The robustness benchmark's result (TensorFlow); also written to robustness.json."""
-    from hagg_tf.model.io import atomic_write
+    from hagg_tf.model.io import write_json_atomic
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
@@ -182,8 +181,7 @@ def _run_robustness(output: Path) -> dict:
              "does: --model must be a composite export of hagg-export-models)")
     except (robustness.RobustnessError, ValueError, OSError) as error:
         fail(str(error))
-    atomic_write(output / "robustness.json", lambda stream: stream.write(
-        json.dumps(result, indent=1, allow_nan=False).encode()))
+    write_json_atomic(output / "robustness.json", result, indent=1, trailing_newline=False)
     for row in robustness.robustness_table(result):
         print(" | ".join(row))
     return result
@@ -195,7 +193,7 @@ def main(argv):
     from hagg_tf.evaluation import paper_evaluation, report
     from hagg_tf.evaluation.predictions import (PredictionsError, load_predictions,
                                                 save_predictions)
-    from hagg_tf.model.io import atomic_write
+    from hagg_tf.model.io import write_json_atomic
 
     baselines = Path(_BASELINES.value) if _BASELINES.value else None
     if baselines is not None:
@@ -251,8 +249,8 @@ def main(argv):
     metrics["settings"]["predictions"] = str(path)
     if _ROBUSTNESS.value:
         metrics["robustness"] = _run_robustness(output)
-    metrics_path = atomic_write(output / "metrics.json", lambda stream: stream.write(
-        json.dumps(metrics, indent=1, allow_nan=False).encode()))
+    metrics_path = write_json_atomic(output / "metrics.json", metrics, indent=1,
+                                     trailing_newline=False)
     try:
         from hagg_tf.evaluation.paper_figures import plot_paper_figures
 

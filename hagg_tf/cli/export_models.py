@@ -13,6 +13,10 @@ Examples:
 Layout: <output>/characterize/<version>/ (composite: all five networks and the estimators of
 Sec. 2.3 in one graph) and, with --per_network, <output>/<network>/<version>/ for each network
 (hagg_tf.export.export_network). Existing versions are kept unless --overwrite.
+
+Beside the composite goes its LiteRT conversion, characterize.tflite and its record (the
+per-image and cluster-head signatures, checked against the SavedModel), which hagg-characterize
+runs without importing TensorFlow (--runtime=auto); by default when ai-edge-litert is installed.
 """
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ _PLACEHOLDER = flags.DEFINE_bool("placeholder", False,
                                  "Mark the networks as placeholders in the model card.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "last"], "Checkpoint of each run.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing versions.")
+_LITERT = flags.DEFINE_bool(
+    "litert", None, "Write the composite's LiteRT conversion (characterize.tflite) beside it, "
+    "for hagg-characterize without TensorFlow. Default: when ai-edge-litert is installed; "
+    "--litert fails without it, --nolitert skips it.")
 
 
 
@@ -58,11 +66,23 @@ def main(argv):
         if missing:
             fail(f"{_RUNS.value}: no finished run of {', '.join(missing)} "
                   "(expected <runs>/<network>/last.keras from hagg-train)")
+    from hagg_tf.estimation.litert_model import litert_installed
+
+    litert = _LITERT.value
+    if litert is None:
+        litert = _COMPOSITE.value and litert_installed()
+    elif litert and not litert_installed():
+        fail("--litert needs ai-edge-litert (pip install ai-edge-litert); --nolitert writes "
+             "the SavedModel alone")
+    elif litert and not _COMPOSITE.value:
+        fail("--litert converts the composite: it cannot go with --nocomposite")
     check_output_dir(_OUTPUT.value)
     from hagg_tf.export.from_training import export_from_composite, export_from_runs
     from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    from hagg_tf.export.litert import LiteRTConversionError
+
     try:
         if _RUNS.value is not None:
             written = export_from_runs(
@@ -70,18 +90,19 @@ def main(argv):
                 kernel_dtype=_KERNEL_DTYPE.value, evaluate_dataset=_EVALUATE.value,
                 placeholder=_PLACEHOLDER.value, overwrite=_OVERWRITE.value,
                 which=_WHICH.value, per_network=_PER_NETWORK.value,
-                composite=_COMPOSITE.value)
+                composite=_COMPOSITE.value, litert=litert)
         else:
             written = export_from_composite(
                 _FROM_COMPOSITE.value, _OUTPUT.value, version=_VERSION.value,
                 overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
-                composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+                composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value, litert=litert)
+    except (FileExistsError, FileNotFoundError, ValueError, LiteRTConversionError) as error:
         fail(str(error))
     for key, path in written.items():
         if key != "model_card":
-            size = sum(item.stat().st_size for item in pathlib.Path(path).rglob("*")
-                       if item.is_file())
+            path = pathlib.Path(path)
+            size = path.stat().st_size if path.is_file() else sum(
+                item.stat().st_size for item in path.rglob("*") if item.is_file())
             print(f"{key}: {path} ({size / 2 ** 20:.1f} MiB)")
     summary = written["model_card"].get("accuracy_summary")
     if summary:

@@ -20,13 +20,16 @@ Example::
 
 import importlib
 
-from hagg_tf.data.design import (PRESETS, SPLITS, DatasetConfig, DatasetDesign, build_design,
-                                 check_split_rule, preset)
-from hagg_tf.data.manifest import DatasetError, load_manifest, verify_dataset
-from hagg_tf.data.writer import GenerationReport, generate_dataset
-from hagg_tf.tensorflow_import import import_tensorflow_quietly
-
-# name -> module, imported (with TensorFlow) on first access.
+# name -> module, imported on first access: the database design brings the STEM renderer
+# (scipy.ndimage), the pipelines bring TensorFlow, and a tool that needs one submodule
+# (hagg-characterize: hagg_tf.data.beam) should not pay for the others at start-up.
+_LAZY_LIGHT = {
+    **dict.fromkeys(["PRESETS", "SPLITS", "DatasetConfig", "DatasetDesign", "build_design",
+                     "check_split_rule", "preset"], "hagg_tf.data.design"),
+    **dict.fromkeys(["DatasetError", "load_manifest", "verify_dataset"], "hagg_tf.data.manifest"),
+    **dict.fromkeys(["GenerationReport", "generate_dataset"], "hagg_tf.data.writer"),
+}
+# ... and those that import TensorFlow.
 _LAZY = {
     "single_image_dataset": "hagg_tf.data.pipeline",
     "classification_dataset": "hagg_tf.data.pipeline",
@@ -41,19 +44,20 @@ _LAZY = {
     "RecordError": "hagg_tf.data.records",
 }
 
-__all__ = ["PRESETS", "SPLITS", "DatasetConfig", "DatasetDesign", "DatasetError",
-           "GenerationReport", "build_design", "check_split_rule", "generate_dataset",
-           "load_manifest", "preset", "verify_dataset", *_LAZY]
+__all__ = [*_LAZY_LIGHT, *_LAZY]
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import_tensorflow_quietly()  # the lazy modules import TensorFlow: without its chatter
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY or name in _LAZY_LIGHT:
+        if name in _LAZY:
+            from hagg_tf.tensorflow_import import import_tensorflow_quietly
+
+            import_tensorflow_quietly()  # the lazy modules import TensorFlow: without its chatter
+        value = getattr(importlib.import_module(_LAZY.get(name) or _LAZY_LIGHT[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'hagg_tf.data' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_LIGHT))

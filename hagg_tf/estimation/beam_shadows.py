@@ -3,11 +3,13 @@
 For Table 5 (θ and θ̂ of many configurations × 800 aggregates each) and for the shadows of
 many characterized samples. A job is (θ, seed, indices): the aggregates
 ``sample_aggregate(θ, seed, index)`` for every index and their descriptors, as the local paths
-draw them (`hagg_tf.estimation.shadows.iter_shadows`: indices 0 … M−1;
-``hagg_tf.evaluation.paper_evaluation``: its own index ranges). The work items are blocks of
-:data:`~hagg_tf.estimation.shadows.SHADOW_BLOCK` indices of one job; each is a pure function of
-(θ, seed, indices, generator settings) computed by the same code as the local worker pool
-(`hagg_tf.model.batch.iter_aggregates`), so the descriptors are the same numbers, bit for bit.
+draw them (`hagg_tf.estimation.shadows.iter_shadows`: indices 0 … M−1, or, for shadows with one
+θ each — drawn over θ̂'s bootstrap replicates — one job per distinct θ with its shadows'
+indices, :func:`shadow_jobs`; ``hagg_tf.evaluation.paper_evaluation``: its own index ranges).
+The work items are blocks of :data:`~hagg_tf.estimation.shadows.SHADOW_BLOCK` indices of one
+job; each is a pure function of (θ, seed, indices, generator settings) computed by the same code
+as the local worker pool (`hagg_tf.model.batch.iter_aggregates`), so the descriptors are the
+same numbers, bit for bit.
 
 Each block is written as one ``.npz`` into a work folder (atomically, named by a hash of what it
 holds) and read back by the driver when the pipeline is done; a block already there is not
@@ -26,7 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hagg_tf.data.beam import IN_PROCESS_RUNNERS, beam_pipeline
-from hagg_tf.estimation.shadows import SHADOW_BLOCK
+from hagg_tf.estimation.shadows import (SHADOW_BLOCK, ShadowParameters, check_shadow_count,
+                                        check_shadow_parameters, shadow_theta)
 from hagg_tf.model.descriptors import Descriptors
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
 
@@ -192,3 +195,49 @@ def beam_shadow_descriptors(jobs: Sequence[tuple[ModelParameters, int, Sequence[
         outcomes.append(ShadowOutcome([] if error else descriptors, 0 if error else restarts,
                                       error))
     return outcomes
+
+
+def shadow_jobs(params: ShadowParameters, count: int, seed: int
+                ) -> list[tuple[ModelParameters, int, list[int]]]:
+    """The jobs that draw shadows 0 … ``count`` − 1 as ``iter_shadows(params, count, seed)``
+    does: one job per distinct θ (in order of first use) with the indices of its shadows.
+
+    Args:
+        params: one θ, or a sequence cycled over the shadows (shadow k from
+            ``params[k mod len(params)]``, `hagg_tf.estimation.shadows.shadow_theta`).
+        count: number of shadows M.
+        seed: base seed.
+
+    Returns:
+        [(θ, seed, indices)], for :func:`beam_shadow_descriptors`.
+    """
+    count = check_shadow_count(count)
+    params = check_shadow_parameters(params)
+    groups: dict[ModelParameters, list[int]] = {}
+    for index in range(count):
+        groups.setdefault(shadow_theta(params, index), []).append(index)
+    return [(theta, int(seed), indices) for theta, indices in groups.items()]
+
+
+def merge_jobs(jobs: Sequence[tuple[ModelParameters, int, Sequence[int]]],
+               outcomes: Sequence[ShadowOutcome], count: int) -> tuple[list[Descriptors], int]:
+    """The descriptors of shadows 0 … ``count`` − 1 in index order, from the outcomes of
+    :func:`shadow_jobs`' jobs, and the restarts summed over them.
+
+    Raises:
+        ValueError: an outcome failed or the jobs do not cover every index once.
+    """
+    ordered: list[Optional[Descriptors]] = [None] * count
+    restarts = 0
+    for (_, _, indices), outcome in zip(jobs, outcomes, strict=True):
+        if outcome.error:
+            raise ValueError(f"a job failed: {outcome.error}")
+        for index, described in zip(indices, outcome.descriptors, strict=True):
+            if ordered[index] is not None:
+                raise ValueError(f"shadow {index} is in two jobs")
+            ordered[index] = described
+        restarts += outcome.restarts
+    missing = [index for index, described in enumerate(ordered) if described is None]
+    if missing:
+        raise ValueError(f"{len(missing)} shadows in no job (first: {missing[0]})")
+    return ordered, restarts

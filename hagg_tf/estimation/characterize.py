@@ -8,7 +8,11 @@
    graph (:mod:`hagg_tf.export.characterize`, estimators of :mod:`hagg_tf.estimation.estimators`),
    and compare the images and the raw θ̂ with the networks' training domain, with a warning for
    whatever lies outside it (:mod:`hagg_tf.estimation.domain`);
-3. draw M digital shadows from θ̂ (clipped into the model's domain, see
+   with its uncertainty: a bootstrap over the images (:mod:`hagg_tf.estimation.uncertainty`;
+   the networks' per-image part runs once per image, only the tiny ν-image heads see the
+   resamples);
+3. draw M digital shadows over θ̂'s uncertainty (shadow k from bootstrap replicate k mod B) or
+   from θ̂ alone (each θ clipped into the model's domain, see
    :meth:`ThetaEstimate.shadow_parameters`), with the sample's particle radius distribution
    and particles per aggregate, measured on the images or given
    (:mod:`hagg_tf.estimation.sample_size`), and report the mean ± s.d. of their S_TiO2,
@@ -16,14 +20,14 @@
    are streamed: every shadow's descriptors are kept, the aggregates themselves only for the
    first :data:`~hagg_tf.estimation.shadows.SAVED_SHADOWS`.
 
-``write_outputs`` then writes ``report.json``, the shadows (``shadows.npz``, native and exact;
-``shadows.xyz``, extended XYZ) and a figure ``characterize.png``. What each reported number
-means, and how accurate it is, is said once in :mod:`hagg_tf.estimation.quantities`.
+``write_outputs`` then writes ``report.json`` and ``report.html`` (the same as a page to look
+at), the shadows (``shadows.npz``, native and exact; ``shadows.xyz``, extended XYZ) and a figure
+``characterize.png``. What each reported number means, and how accurate it is, is said once in
+:mod:`hagg_tf.estimation.quantities`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -36,22 +40,31 @@ import numpy as np
 
 from hagg_tf.estimation.domain import (DomainCheck, check_domain, load_training_domain,
                                        refuse_if_cannot_show_aggregate)
-from hagg_tf.estimation.estimators import ThetaEstimate, finite_or_none, theta_errors
+from hagg_tf.estimation.estimators import ThetaEstimate, theta_errors
 from hagg_tf.estimation.images import (InputError, PreparedImages, StemInput, find_image_files,
                                        load_stem_images, prepare_images)
 from hagg_tf.estimation.quantities import (DESCRIPTOR_QUANTITIES, THETA_QUANTITIES,
                                            format_typical_error, quantities_record,
-                                           typical_error)
+                                           typical_error, unresolved_parameter_warnings)
 from hagg_tf.estimation.sample_size import (SampleSize, SampleSizeError, check_radius,
                                            parse_particles, size_for_shadows)
 from hagg_tf.estimation.shadows import (DEFAULT_SHADOWS, SAVED_SHADOWS, SHADOW_DESCRIPTORS,
-                                        check_shadow_count, collect_shadows, descriptor_arrays, shadow_summary)
+                                        ShadowParameters, check_shadow_count, collect_shadows,
+                                        descriptor_arrays, shadow_summary)
+from hagg_tf.estimation.uncertainty import (DEFAULT_RESAMPLES, PARAMETER_KEYS, ThetaUncertainty,
+                                            check_resamples, estimate_with_uncertainty)
+from hagg_tf.jsonsafe import finite_or_none, json_safe
 from hagg_tf.model.aggregate import Aggregate
 from hagg_tf.model.descriptors import Descriptors
 from hagg_tf.model.parameters import GeneratorConfig, ModelParameters
 
 #: Format tag of report.json.
 REPORT_FORMAT = "hagg_tf characterize report/1"
+#: The report's file name in the output folder (written last: its presence means complete).
+REPORT_FILENAME = "report.json"
+#: Where the digital shadows' θ comes from: θ̂'s bootstrap replicates (shadow k from replicate
+#: k mod B, so the descriptors' spread includes θ̂'s uncertainty) or θ̂ alone.
+SHADOW_THETA_SOURCES = ("bootstrap", "estimate")
 
 
 @dataclasses.dataclass
@@ -83,6 +96,11 @@ class CharacterizationResult:
             (:func:`hagg_tf.estimation.domain.check_domain`; its warnings are in ``warnings``).
         sample_size: the particle radius distribution and particles per aggregate the shadows
             were drawn with, and where they came from (:mod:`hagg_tf.estimation.sample_size`).
+        uncertainty: θ̂'s bootstrap uncertainty (:class:`~hagg_tf.estimation.uncertainty.
+            ThetaUncertainty`), None when switched off or the model has no per-image outputs.
+        shadow_theta: where the shadows' θ came from, one of :data:`SHADOW_THETA_SOURCES`:
+            ``"bootstrap"`` (shadow k from ``uncertainty.shadow_thetas[k mod B]``) or
+            ``"estimate"`` (every shadow from ``shadow_parameters``).
     """
 
     estimate: ThetaEstimate
@@ -102,6 +120,8 @@ class CharacterizationResult:
     shadow_restarts: int
     domain: Optional[dict] = None
     sample_size: Optional[SampleSize] = None
+    uncertainty: Optional[ThetaUncertainty] = None
+    shadow_theta: str = "estimate"
 
     def report(self) -> dict[str, Any]:
         """JSON-able report (the content of ``report.json``)."""
@@ -121,13 +141,14 @@ class CharacterizationResult:
                                      "(Sec. 2.3.5)",
             },
             "quantities": quantities_record(card),
+            "uncertainty": None if self.uncertainty is None else self.uncertainty.as_dict(),
             "shadows": {
                 "count": self.shadow_count,
                 "saved": len(self.shadows),
                 "seed": self.seed,
+                "theta_from": self.shadow_theta,
                 "theta": self.shadow_parameters.as_dict(),
-                "theta_note": "theta_hat with theta_Df clipped into [1.01, 2.99], theta_rho "
-                              "into [0, 1] and cluster sizes to >= 1",
+                "theta_note": _shadow_theta_note(self.shadow_theta, self.uncertainty),
                 "descriptors": {SHADOW_DESCRIPTORS.get(name, name): values
                                 for name, values in self.summary.items()},
                 "restarts": self.shadow_restarts,
@@ -154,6 +175,18 @@ class CharacterizationResult:
             report["error_vs_simulated_theta"] = {key: finite_or_none(value)
                                                   for key, value in errors.items()}
         return report
+
+
+def _shadow_theta_note(source: str, uncertainty: Optional[ThetaUncertainty]) -> str:
+    """What report.json says about the shadows' θ."""
+    admissible = ("theta_Df clipped into [1.01, 2.99], theta_rho into [0, 1] and cluster sizes "
+                  "to >= 1")
+    if source == "bootstrap" and uncertainty is not None:
+        return (f"shadow k drawn from bootstrap replicate k mod {uncertainty.resamples} of "
+                f"theta_hat (see uncertainty), with {admissible}, so that the descriptors' "
+                "spread includes theta_hat's uncertainty; 'theta' is theta_hat made admissible "
+                "likewise")
+    return f"every shadow drawn from theta_hat with {admissible}"
 
 
 def _versions() -> dict:
@@ -228,7 +261,8 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
                  radius_mean_nm: Optional[float] = None, radius_sd_nm: Optional[float] = None,
                  particles=None, progress: bool = False, runner: str = "local",
                  beam_args: Sequence[str] = (),
-                 shadow_work_dir: Optional[Union[str, os.PathLike]] = None
+                 shadow_work_dir: Optional[Union[str, os.PathLike]] = None,
+                 resamples: int = DEFAULT_RESAMPLES, shadow_theta: Optional[str] = None
                  ) -> CharacterizationResult:
     """θ̂, digital shadows and their descriptors for the STEM images of one sample.
 
@@ -236,16 +270,17 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         images: a folder, glob or file (or a list of them) of PNG/TIFF images; a list of
             :class:`StemInput`; or an (n, H, W) array of detector counts (then
             ``pixel_size_nm`` and ``electrons_per_pixel`` are required).
-        model: a :class:`CharacterizeModel`, a path to a composite export, or None for the
-            shipped models (``saved_models/``, or ``$HAGG_TF_MODELS``).
+        model: a loaded model (:class:`CharacterizeModel`, or a lighter runtime with the same
+            methods), a path to a composite export, or None for the shipped models
+            (``saved_models/``, or ``$HAGG_TF_MODELS``).
         pixel_size_nm: pixel size of images without hagg_tf metadata, nm.
         electrons_per_pixel: incident electrons per pixel (8-bit images: grey value of the full
             beam).
         dose: dose in e/Å² for 16-bit images without metadata (default 149 with a warning).
         shadows: number M of digital shadows, 1 to
             :data:`~hagg_tf.estimation.shadows.MAX_SHADOWS`.
-        seed: base seed of the shadows.
-        workers: processes drawing shadows (None: one up to 200 shadows, else all cores).
+        seed: base seed of the shadows and of the bootstrap's resampling.
+        workers: processes drawing shadows (None: :func:`~hagg_tf.estimation.shadows.default_shadow_workers`).
         generator_config: settings of the stochastic model for the shadows; given, its radius
             distribution and particle range are used as they are (nothing is estimated).
         radius_mean_nm, radius_sd_nm: mean and s.d. of the shadows' particle radius, nm
@@ -263,6 +298,11 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
         shadow_work_dir: the Beam runner's folder of finished blocks (a rerun resumes from
             it); a runner outside this process needs one its workers share. None: a temporary
             folder.
+        resamples: bootstrap resamples B of the images for θ̂'s uncertainty
+            (:mod:`hagg_tf.estimation.uncertainty`); 0 switches it off.
+        shadow_theta: ``"bootstrap"`` (shadow k from bootstrap replicate k mod B, so that the
+            descriptors' spread includes θ̂'s uncertainty), ``"estimate"`` (every shadow from
+            θ̂) or None: ``"bootstrap"`` when there is an uncertainty, else ``"estimate"``.
 
     Returns:
         The result; see :class:`CharacterizationResult`.
@@ -272,10 +312,14 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
             view that cannot show an aggregate, …).
         FileNotFoundError: no model found.
     """
-    from hagg_tf.estimation.model import CharacterizeModel
-
     try:
         shadows = check_shadow_count(shadows)
+        resamples = check_resamples(resamples)
+        if shadow_theta not in (None, *SHADOW_THETA_SOURCES):
+            raise ValueError(f"shadow_theta must be one of {', '.join(SHADOW_THETA_SOURCES)}, "
+                             f"got {shadow_theta!r}")
+        if shadow_theta == "bootstrap" and not resamples:
+            raise ValueError("shadows drawn over the bootstrap need resamples > 0")
         check_radius(radius_mean_nm, radius_sd_nm)
         if particles is not None:
             particles = parse_particles(particles)
@@ -288,8 +332,10 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     timings["read_images"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    if not isinstance(model, CharacterizeModel):
-        model = CharacterizeModel(model)
+    if model is None or isinstance(model, (str, os.PathLike)):
+        from hagg_tf.estimation.model import load_characterize_model
+
+        model = load_characterize_model(model)
     timings["load_model"] = time.perf_counter() - started
     if len(inputs) < model.num_images:
         raise InputError(f"{len(inputs)} image(s), but the multi-image networks need at least "
@@ -297,6 +343,7 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     card_warning = placeholder_warning(model.model_card)
     if card_warning:
         warnings.insert(0, card_warning)
+    warnings.extend(unresolved_parameter_warnings(model.model_card))
 
     started = time.perf_counter()
     prepared, prepare_warnings = prepare_images(inputs, model.image_size, model.pixel_size_nm)
@@ -305,7 +352,16 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     timings["prepare_images"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    estimate = model.estimate(prepared.counts, prepared.electrons_per_pixel)
+    uncertainty = None
+    if has_per_image_outputs(model):
+        estimate, uncertainty = estimate_with_uncertainty(
+            model, prepared.counts, prepared.electrons_per_pixel, resamples=resamples, seed=seed)
+    else:
+        estimate = model.estimate(prepared.counts, prepared.electrons_per_pixel)
+        if resamples:
+            notes.append(f"{model.version_dir}: the model has no per-image outputs "
+                         "(signature serving_per_image; exported before it existed): θ̂ without "
+                         "a bootstrap uncertainty")
     timings["networks"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -327,37 +383,82 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
     started = time.perf_counter()
     params = estimate.shadow_parameters()
     if params.as_tuple() != estimate.theta:
-        warnings.append(f"θ̂ = {_format_theta(estimate.theta)} is outside the model's domain; "
-                        f"shadows drawn from {_format_theta(params.as_tuple())}")
+        warnings.append(f"θ̂ = {format_theta(estimate.theta)} is outside the model's domain; "
+                        f"shadows drawn from {format_theta(params.as_tuple())}")
+    source = shadow_theta or ("bootstrap" if uncertainty is not None else "estimate")
+    if source == "bootstrap" and uncertainty is None:
+        warnings.append("the model has no per-image outputs, so there is no bootstrap to draw "
+                        "the shadows over: every shadow is drawn from θ̂")
+        source = "estimate"
+    shadow_params = uncertainty.shadow_thetas if source == "bootstrap" else params
     from hagg_tf.data.beam import is_beam_runner  # the writer behind it is not needed otherwise
 
     if is_beam_runner(runner):
         aggregates, descriptors, restarts = _beam_shadows(
-            params, shadows, seed, workers, shadow_config, runner, beam_args,
+            shadow_params, shadows, seed, workers, shadow_config, runner, beam_args,
             shadow_work_dir)
     else:
-        aggregates, descriptors, restarts = collect_shadows(params, shadows, seed, workers,
-                                                            shadow_config, progress=progress)
+        aggregates, descriptors, restarts = collect_shadows(shadow_params, shadows, seed,
+                                                            workers, shadow_config,
+                                                            progress=progress)
     if shadows > len(aggregates):
+        drawn = "θ_k" if source == "bootstrap" else "θ"
         notes.append(f"shadows.npz and shadows.xyz hold the first {len(aggregates)} of the "
                      f"{shadows} shadows; all {shadows} enter the descriptors (shadow k is "
-                     "sample_aggregate(θ, seed, k), so any of them can be drawn again)")
+                     f"sample_aggregate({drawn}, seed, k), so any of them can be drawn again)")
     timings["shadows"] = time.perf_counter() - started
 
-    image_info = []
-    for image, changes in zip(inputs, prepared.changes):
-        info = image.describe()
-        info["prepared"] = changes or ["used as is"]
-        image_info.append(info)
     return CharacterizationResult(
         estimate=estimate, shadow_parameters=params, shadows=aggregates,
-        descriptors=descriptors, summary=shadow_summary(descriptors), images=image_info,
+        descriptors=descriptors, summary=shadow_summary(descriptors),
+        images=describe_inputs(inputs, prepared),
         prepared=prepared, warnings=warnings, notes=notes,
         model={"version_dir": model.version_dir, "metadata": model.metadata,
                "model_card": model.model_card},
         simulated_theta=_simulated_theta(inputs), seed=seed, timings=timings,
         shadow_count=len(descriptors), shadow_restarts=restarts, domain=domain.record,
-        sample_size=sample_size)
+        sample_size=sample_size, uncertainty=uncertainty, shadow_theta=source)
+
+
+def describe_inputs(inputs: Sequence[StemInput], prepared: PreparedImages) -> list[dict]:
+    """report.json's ``images``: each input's description (:meth:`StemInput.describe`) with
+    what :func:`~hagg_tf.estimation.images.prepare_images` did to it (``"prepared"``)."""
+    described = []
+    for image, changes in zip(inputs, prepared.changes):
+        info = image.describe()
+        info["prepared"] = changes or ["used as is"]
+        described.append(info)
+    return described
+
+
+def has_per_image_outputs(model) -> bool:
+    """True if ``model`` gives contract A's per-image outputs (``per_image`` and
+    ``cluster_heads``), so θ̂ and its bootstrap come from one run of the per-image networks.
+
+    A SavedModel exported before those signatures existed has the methods but not the
+    signatures (it is used through ``estimate``), and so is a stand-in that overrides only
+    ``estimate`` of a class with ``per_image`` (the tests' fixed outputs): its per-image methods
+    would not agree with it.
+    """
+    from hagg_tf.estimation.model import CLUSTER_HEADS_SIGNATURE, PER_IMAGE_SIGNATURE
+
+    def defined_by(*names):
+        # The most derived class defining one of ``names``: a runtime of
+        # :class:`~hagg_tf.estimation.model.CompositeRuntime` runs contract A in its
+        # ``_run_per_image`` and ``_run_cluster_heads``, the base class checks the inputs.
+        return next((klass for klass in type(model).__mro__
+                     if any(name in vars(klass) for name in names)), None)
+
+    per_image, heads, estimate = (defined_by(*names) for names in
+                                  (("per_image", "_run_per_image"),
+                                   ("cluster_heads", "_run_cluster_heads"), ("estimate",)))
+    if per_image is None or heads is None:
+        return False
+    if estimate is not None and estimate is not per_image and issubclass(estimate, per_image):
+        return False
+    signatures = getattr(getattr(model, "saved_model", None), "signatures", None)
+    return signatures is None or (PER_IMAGE_SIGNATURE in signatures
+                                  and CLUSTER_HEADS_SIGNATURE in signatures)
 
 
 def _check_domain(inputs: Sequence[StemInput], estimate: ThetaEstimate, model) -> DomainCheck:
@@ -376,26 +477,32 @@ def _check_domain(inputs: Sequence[StemInput], estimate: ThetaEstimate, model) -
                         model_dir=model.version_dir)
 
 
-def _beam_shadows(params: ModelParameters, shadows: int, seed: int, workers: Optional[int],
+def _beam_shadows(params: ShadowParameters, shadows: int, seed: int, workers: Optional[int],
                   generator_config: Optional[GeneratorConfig], runner: str,
                   beam_args: Sequence[str], work_dir
                   ) -> tuple[list[Aggregate], list[Descriptors], int]:
     """:func:`collect_shadows` with the descriptors computed on a Beam runner.
 
     Only the first :data:`SAVED_SHADOWS` aggregates are needed as aggregates (for the output
-    files); they are drawn here, and every shadow's descriptors come from the pipeline.
+    files); they are drawn here, and every shadow's descriptors come from the pipeline. With
+    one θ per shadow (``params`` a sequence, see
+    :func:`~hagg_tf.estimation.beam_shadows.shadow_jobs`), the pipeline gets one job per
+    distinct θ holding its shadows' indices: the same aggregates, so the same descriptors.
     """
-    from hagg_tf.estimation.beam_shadows import beam_shadow_descriptors
+    from hagg_tf.estimation.beam_shadows import beam_shadow_descriptors, merge_jobs, shadow_jobs
     from hagg_tf.model.generator import GenerationError
 
     kept, _, _ = collect_shadows(params, min(shadows, SAVED_SHADOWS), seed, workers,
                                  generator_config)
-    (outcome,) = beam_shadow_descriptors(
-        [(params, seed, range(shadows))], None if work_dir is None else str(work_dir),
-        runner=runner, beam_args=beam_args, config=generator_config)
-    if outcome.error:
-        raise GenerationError(outcome.error)
-    return kept, outcome.descriptors, outcome.restarts
+    jobs = shadow_jobs(params, shadows, seed)
+    outcomes = beam_shadow_descriptors(jobs, None if work_dir is None else str(work_dir),
+                                       runner=runner, beam_args=beam_args,
+                                       config=generator_config)
+    error = next((outcome.error for outcome in outcomes if outcome.error), None)
+    if error:
+        raise GenerationError(error)
+    descriptors, restarts = merge_jobs(jobs, outcomes, shadows)
+    return kept, descriptors, restarts
 
 
 def collapse_warnings(warnings: Sequence[str]) -> list[str]:
@@ -420,51 +527,34 @@ def collapse_warnings(warnings: Sequence[str]) -> list[str]:
     return lines
 
 
-def _format_known_theta(params: ModelParameters) -> str:
+def format_known_theta(params: ModelParameters) -> str:
     """A θ given by the user or metadata, as written there: ``(1.8, 0.5, 3, 2)``."""
     return "(" + ", ".join(f"{value:g}" for value in params.as_tuple()) + ")"
 
 
-def _format_theta(theta) -> str:
+def format_theta(theta) -> str:
+    """An estimated θ (θ_Df, θ_ρ, θ_0, θ_1) for text: ``(1.812, 0.473, 3, 2)``."""
     df, rho, size0, size1 = theta
     return f"({df:.3f}, {rho:.3f}, {size0:g}, {size1:g})"
 
 
-def _json_default(value):
-    if isinstance(value, (np.floating,)):
-        return finite_or_none(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, pathlib.Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def _nan_to_none(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(item) for item in value]
-    return value
-
-
 def write_outputs(result: CharacterizationResult, output_dir: Union[str, os.PathLike], *,
-                  figure: bool = True, xyz: bool = True) -> dict[str, pathlib.Path]:
+                  figure: bool = True, xyz: bool = True,
+                  extra_report: Optional[dict] = None) -> dict[str, pathlib.Path]:
     """Writes the report, the shadows and the figure into ``output_dir``.
 
-    Files: ``report.json``; ``shadows.npz`` (native aggregate file, exact) and ``shadows.xyz``
-    (extended XYZ, if ``xyz``) with ``result.shadows``, the first
+    Files: ``report.json``; ``report.html`` (the report as a self-contained page to look at,
+    :mod:`hagg_tf.estimation.html_report`); ``shadows.npz`` (native aggregate file, exact)
+    and ``shadows.xyz`` (extended XYZ, if ``xyz``) with ``result.shadows``, the first
     :data:`~hagg_tf.estimation.shadows.SAVED_SHADOWS` shadows; ``characterize.png`` (if
     ``figure`` and matplotlib is installed, else a warning is added to the report).
+    ``extra_report`` entries are added to report.json's top level (e.g. a batch run's
+    settings, :mod:`hagg_tf.estimation.batch`).
 
     Returns:
         ``{"report": path, "shadows": path, ...}`` of the files written.
     """
-    from hagg_tf.model.io import atomic_write, export_xyz, save_aggregates
+    from hagg_tf.model.io import export_xyz, save_aggregates, write_json_atomic
 
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -477,11 +567,15 @@ def write_outputs(result: CharacterizationResult, output_dir: Union[str, os.Path
         except ImportError:
             result.warnings.append("no figure: matplotlib is not installed "
                                    "(pip install -e '.[plot]')")
-    report = _nan_to_none(result.report())
+    report = json_safe(result.report())
+    report.update(extra_report or {})
     report["files"] = {key: path.name for key, path in written.items()}
-    text = json.dumps(report, indent=2, default=_json_default, ensure_ascii=False) + "\n"
-    written["report"] = atomic_write(output_dir / "report.json",
-                                     lambda stream: stream.write(text.encode()))
+    from hagg_tf.estimation.html_report import HTML_REPORT_NAME, write_html_report
+
+    written["html"] = write_html_report(result, output_dir / HTML_REPORT_NAME, report)
+    report["files"]["html"] = written["html"].name
+    written["report"] = write_json_atomic(output_dir / REPORT_FILENAME, report, indent=2,
+                                          ensure_ascii=False)
     return written
 
 
@@ -507,7 +601,10 @@ def characterization_figure(result: CharacterizationResult):
     and each image's D̂_f and ρ̂), one shadow projected along the beam, and histograms of S_TiO2,
     Z_hetero and Z_total over the shadows with their means marked.
 
-    Built on a bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend change).
+    Built on a bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend change),
+    with fixed margins in inches (:data:`FIGURE_MARGINS_IN`) rather than a layout engine:
+    constrained layout measured every text of the figure twice and took more time than all the
+    drawing (docs/learning.md, "Runtimes of hagg-characterize").
 
     Returns:
         The figure.
@@ -523,18 +620,42 @@ def characterization_figure(result: CharacterizationResult):
     columns = min(count, max(6, math.ceil(math.sqrt(count))))
     rows = math.ceil(count / columns)
     width = max(13.0, 2.2 * columns)
-    figure = Figure(figsize=(width, 2.5 * rows + 4.3), layout="constrained")
-    sheet, bottom = figure.subfigures(2, 1, height_ratios=[2.5 * rows, 4.0])
-    image_axes = sheet.subplots(rows, columns, squeeze=False)
-    for number, axis in enumerate(image_axes.ravel()):
-        axis.set_axis_off()
-        if number < count:
-            _plot_thumbnail(axis, result, number)
-    sheet.suptitle(f"the {count} images as the networks saw them ({counts.shape[1]}×"
-                   f"{counts.shape[2]} px); per image: " + r"$\hat D_f$, $\hat\rho$",
-                   fontsize=10)
 
-    axes = bottom.subplots(1, 4)
+    theta = ", ".join(f"{quantity.tex} = {format_value(value)}"
+                      for quantity, value in zip(THETA_QUANTITIES, estimate.theta))
+    title = r"$\hat\theta$ from " + f"{estimate.num_images} images: {theta}"
+    if result.simulated_theta is not None:
+        title += ("; simulated with " + r"$\theta$ = "
+                  + format_known_theta(result.simulated_theta))
+    if is_placeholder(result.model.get("model_card") or {}):
+        title += "\nPLACEHOLDER networks (trained briefly on CPU): numbers show the chain, " \
+                 "not the paper's accuracy"
+    margin = FIGURE_MARGINS_IN
+    title_height = margin["title_line"] * (title.count("\n") + 1)
+    sheet_height = margin["sheet_title"] + rows * margin["thumbnail_row"]
+    height = title_height + sheet_height + margin["bottom_row"]
+    figure = Figure(figsize=(width, height))
+    figure.suptitle(title, fontsize=11, y=1.0 - margin["edge"] / height, va="top")
+    sheet_top = 1.0 - title_height / height
+    figure.text(0.5, sheet_top, f"the {count} images as the networks saw them ({counts.shape[1]}"
+                f"×{counts.shape[2]} px); per image: " + r"$\hat D_f$, $\hat\rho$",
+                fontsize=10, ha="center", va="top")
+    sheet = figure.add_gridspec(
+        rows, columns, left=margin["edge"] / width, right=1.0 - margin["edge"] / width,
+        top=sheet_top - (margin["sheet_title"] + margin["thumbnail_title"]) / height,
+        bottom=margin["bottom_row"] / height,
+        wspace=0.1, hspace=margin["thumbnail_title"] / (margin["thumbnail_row"]
+                                                         - margin["thumbnail_title"]))
+    for number in range(count):
+        axis = figure.add_subplot(sheet[number // columns, number % columns])
+        axis.set_axis_off()
+        _plot_thumbnail(axis, result, number)
+
+    panels = figure.add_gridspec(
+        1, 4, left=margin["panel_left"] / width, right=1.0 - margin["edge"] / width,
+        top=(margin["bottom_row"] - margin["panel_title"]) / height,
+        bottom=margin["panel_bottom"] / height, wspace=0.3)
+    axes = [figure.add_subplot(panels[0, column]) for column in range(4)]
     _plot_shadow(axes[0], result)
     values = descriptor_arrays(result.descriptors)
     for axis, quantity in zip(axes[1:], DESCRIPTOR_QUANTITIES):
@@ -544,26 +665,29 @@ def characterization_figure(result: CharacterizationResult):
             axis.hist(data, bins=min(30, max(5, data.size // 4)), color="tab:gray")
         if stats["mean"] is not None:
             axis.axvline(stats["mean"], color="tab:red", linewidth=1.5,
-                         label=f"mean {_format_stat(stats['mean'])}")
+                         label=f"mean {format_stat(stats['mean'])}")
             axis.legend(fontsize=8, loc="upper right")
-        axis.set_title(f"{quantity.tex} = {_format_stat(stats['mean'])} ± "
-                       f"{_format_stat(stats['std'])} (s.d.), {stats['count']} shadows",
-                       fontsize=9)
+        axis.set_title(f"{quantity.tex} = {format_stat(stats['mean'])} ± "
+                       f"{format_stat(stats['std'])} (s.d.), {stats['count']} shadows",
+                       fontsize=9, y=TITLE_Y)
         axis.set_xlabel(_tex_formulas(f"{quantity.tex}, {quantity.name}:\n{quantity.meaning}"),
                         fontsize=8)
         axis.set_ylabel("shadows")
-
-    theta = ", ".join(f"{quantity.tex} = {_format_value(value)}"
-                      for quantity, value in zip(THETA_QUANTITIES, estimate.theta))
-    title = r"$\hat\theta$ from " + f"{estimate.num_images} images: {theta}"
-    if result.simulated_theta is not None:
-        title += ("; simulated with " + r"$\theta$ = "
-                  + _format_known_theta(result.simulated_theta))
-    if is_placeholder(result.model.get("model_card") or {}):
-        title += "\nPLACEHOLDER networks (trained briefly on CPU): numbers show the chain, " \
-                 "not the paper's accuracy"
-    figure.suptitle(title, fontsize=11)
     return figure
+
+
+#: Height of the panels' titles, in axes units: where matplotlib puts them anyway (none of the
+#: panels has ticks on top), given explicitly so that it does not measure every tick label of
+#: every panel to find out (a third of the figure's drawing time).
+TITLE_Y = 1.0
+#: Fixed parts of :func:`characterization_figure`'s layout, inches: the gap at the figure's
+#: edges, one line of the main title, the contact sheet's title, a row of thumbnails (its
+#: two-line title included), the bottom row of panels (shadow and histograms, their titles and
+#: two-line axis labels included), and within that row the room above the axes for two title
+#: lines, below them for tick labels and the two-line x label, and left of them for the y label.
+FIGURE_MARGINS_IN = {"edge": 0.1, "title_line": 0.35, "sheet_title": 0.3, "thumbnail_row": 2.5,
+                     "thumbnail_title": 0.32, "bottom_row": 4.0, "panel_title": 0.5,
+                     "panel_bottom": 0.75, "panel_left": 0.75}
 
 
 def _plot_thumbnail(axis, result: CharacterizationResult, number: int) -> None:
@@ -578,7 +702,7 @@ def _plot_thumbnail(axis, result: CharacterizationResult, number: int) -> None:
     field = (image.shape[1] * pixel, image.shape[0] * pixel)
     axis.imshow(image[::step, ::step], cmap="gray", vmin=0, vmax=high,
                 extent=(0.0, field[0], field[1], 0.0), interpolation="antialiased")
-    length = _scale_bar_length(field[0])
+    length = scale_bar_length(field[0])
     axis.add_artist(AnchoredSizeBar(axis.transData, length, f"{length:g} nm", "lower right",
                                     color="white", frameon=False, size_vertical=field[1] / 120,
                                     fontproperties={"size": 7}, pad=0.3))
@@ -586,7 +710,7 @@ def _plot_thumbnail(axis, result: CharacterizationResult, number: int) -> None:
     name = pathlib.Path(result.images[number]["path"]).name.replace("$", r"\$")
     axis.set_title(f"{name}\n" + r"$\hat D_f$"
                    + f" {estimate.fractal_dimension_per_image[number]:.2f}, " + r"$\hat\rho$"
-                   + f" {estimate.mixing_ratio_per_image[number]:.2f}", fontsize=7)
+                   + f" {estimate.mixing_ratio_per_image[number]:.2f}", fontsize=7, y=TITLE_Y)
 
 
 def _plot_shadow(axis, result: CharacterizationResult) -> None:
@@ -609,10 +733,10 @@ def _plot_shadow(axis, result: CharacterizationResult) -> None:
     axis.set_xlabel("x / nm")
     axis.set_ylabel("y / nm")
     axis.set_title(f"digital shadow 0 of {result.shadow_count} ({shadow.size} particles)\n"
-                   + _tex_formulas("WO3 blue, TiO2 orange"), fontsize=9)
+                   + _tex_formulas("WO3 blue, TiO2 orange"), fontsize=9, y=TITLE_Y)
 
 
-def _scale_bar_length(field_nm: float) -> float:
+def scale_bar_length(field_nm: float) -> float:
     """A round length (1, 2 or 5 × 10^k nm) of at most a quarter of the field of view."""
     target = field_nm / 4.0
     power = 10.0 ** math.floor(math.log10(target))
@@ -624,14 +748,27 @@ def _tex_formulas(text: str) -> str:
     return text.replace("WO3", r"WO$_3$").replace("TiO2", r"TiO$_2$")
 
 
-def _format_stat(value) -> str:
+def format_stat(value) -> str:
+    """A mean or s.d. over the shadows with three decimals; ``n/a`` for None or NaN."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else f"{value:.3f}"
 
 
-def _format_value(value) -> str:
+def format_value(value) -> str:
     """θ̂ entries: cluster sizes as integers, the rest with three decimals."""
     return str(value) if isinstance(value, (int, np.integer)) else f"{value:.3f}"
+
+
+def format_uncertainty(uncertainty: Optional[ThetaUncertainty], key: str) -> str:
+    """`` ± 0.021 (68 %: 1.796–1.838)`` for θ̂'s ``key``: bootstrap s.d. and 68 % percentile
+    interval (cluster sizes: `` ± 0.46 (68 %: 3–4)``); empty without an uncertainty."""
+    if uncertainty is None or key not in PARAMETER_KEYS:
+        return ""
+    sd = uncertainty.sd(key)
+    low, high = uncertainty.interval(key, 68)
+    if isinstance(low, int):
+        return f" ± {sd:.2f} (68 %: {low}–{high})"
+    return f" ± {sd:.3f} (68 %: {low:.3f}–{high:.3f})"
 
 
 def format_summary(result: CharacterizationResult) -> str:
@@ -645,7 +782,8 @@ def format_summary(result: CharacterizationResult) -> str:
     name_width, symbol_width = max(map(len, names)), max(map(len, symbols))
     rows = []
     for quantity, value in zip(THETA_QUANTITIES, estimate.theta):
-        rows.append((quantity, _format_value(value),
+        rows.append((quantity, format_value(value) + format_uncertainty(result.uncertainty,
+                                                                         quantity.key),
                      format_typical_error(typical_error(quantity.key, card)), ""))
     shadow_rows = []
     for quantity in DESCRIPTOR_QUANTITIES:
@@ -653,8 +791,8 @@ def format_summary(result: CharacterizationResult) -> str:
         extra = ""
         if quantity.key == "tio2_cluster_size" and stats["count"] < result.shadow_count:
             extra = f" ({stats['count']} of {result.shadow_count} shadows contain TiO2)"
-        shadow_rows.append((quantity, _format_stat(stats["mean"]),
-                            f"spread ±{_format_stat(stats['std'])} (s.d.)", extra))
+        shadow_rows.append((quantity, format_stat(stats["mean"]),
+                            f"spread ±{format_stat(stats['std'])} (s.d.)", extra))
     value_width = symbol_width + 3 + max(len(row[1]) for row in rows + shadow_rows)
     error_width = max(len(row[2]) for row in rows + shadow_rows)
 
@@ -673,13 +811,23 @@ def format_summary(result: CharacterizationResult) -> str:
         lines.append("  (typical error: mean absolute error on "
                      + (f"{samples} " if samples else "")
                      + "simulated test samples; sizes: how often exact / within ±1)")
+    if result.uncertainty is not None:
+        lines.append(f"  (± s.d. and 68 % interval of θ̂ over {result.uncertainty.resamples} "
+                     "bootstrap resamples of the images: how much θ̂ would change with other "
+                     "images of the sample; the typical error is the networks' own)")
     if result.simulated_theta is not None:
         lines.append("  (the images' metadata: simulated with θ = "
-                     f"{_format_known_theta(result.simulated_theta)})")
+                     f"{format_known_theta(result.simulated_theta)})")
     if result.sample_size is not None:
         lines.append(f"Particles of the digital shadows: {result.sample_size.describe()}")
-    lines.append(f"{result.shadow_count} digital shadows, new aggregates drawn from θ = "
-                 f"{_format_theta(result.shadow_parameters.as_tuple())} (seed {result.seed}); "
-                 "mean over the shadows:")
+    if result.shadow_theta == "bootstrap" and result.uncertainty is not None:
+        lines.append(f"{result.shadow_count} digital shadows, new aggregates drawn over θ̂'s "
+                     f"uncertainty (shadow k from bootstrap replicate k mod "
+                     f"{result.uncertainty.resamples}; seed {result.seed}); mean over the "
+                     "shadows:")
+    else:
+        lines.append(f"{result.shadow_count} digital shadows, new aggregates drawn from θ = "
+                     f"{format_theta(result.shadow_parameters.as_tuple())} (seed "
+                     f"{result.seed}); mean over the shadows:")
     lines.extend(line(row) for row in shadow_rows)
     return "\n".join(lines)

@@ -507,12 +507,11 @@ def write_training_domain(domain: dict, model_path: Union[str, os.PathLike]) -> 
         The file written.
     """
     from hagg_tf.estimation.model import resolve_version_dir
-    from hagg_tf.model.io import atomic_write
+    from hagg_tf.model.io import write_json_atomic
 
     domain = {key: value for key, value in domain.items() if not key.startswith("_")}
-    text = json.dumps(domain, indent=1, allow_nan=False) + "\n"
-    return atomic_write(resolve_version_dir(model_path) / TRAINING_DOMAIN_FILENAME,
-                        lambda stream: stream.write(text.encode()))
+    return write_json_atomic(resolve_version_dir(model_path) / TRAINING_DOMAIN_FILENAME,
+                             domain, indent=1)
 
 
 def load_training_domain(model_path: Union[str, os.PathLike]) -> Optional[dict]:

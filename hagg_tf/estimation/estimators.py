@@ -20,7 +20,6 @@ These functions are the reference implementation; the composite SavedModel
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -288,9 +287,3 @@ def theta_errors(estimate: ThetaEstimate, truth: ModelParameters) -> dict[str, f
         "wo3_cluster_size": float(estimate.wo3_cluster_size - truth.wo3_cluster_size),
         "tio2_cluster_size": float(estimate.tio2_cluster_size - truth.tio2_cluster_size),
     }
-
-
-def finite_or_none(value: float):
-    """JSON cannot hold NaN: NaN → None, everything else → float."""
-    value = float(value)
-    return None if math.isnan(value) else value

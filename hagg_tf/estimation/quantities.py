@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional
 
+from hagg_tf.model.parameters import TABLE2_CLUSTER_SIZES
+
 
 @dataclasses.dataclass(frozen=True)
 class Quantity:
@@ -113,3 +115,52 @@ def quantities_record(model_card: Optional[Mapping]) -> dict:
                                    "spread": "s.d. over the digital shadows (how much single "
                                              "aggregates differ; not an error of the mean)"}
     return record
+
+
+#: A cluster-size network whose raw outputs over the evaluation samples span less than this
+#: share of the true sizes' range answers nearly the same for every sample: it has not learnt
+#: its parameter, whatever its exact/±1 rates (a constant answer of the middle size already
+#: scores some).
+UNRESOLVED_RANGE_SHARE = 0.5
+# Which descriptors of the shadows (keys of DESCRIPTOR_QUANTITIES) depend on which cluster size
+# (Sec. 3.4.1: S_TiO2 counts TiO2 clusters; Z_hetero counts WO3–TiO2 contacts, set by how the
+# clusters of both interleave).
+_DEPENDENT_DESCRIPTORS = {"wo3_cluster_size": ("hetero_coordination",),
+                          "tio2_cluster_size": ("tio2_cluster_size", "hetero_coordination")}
+
+
+def unresolved_parameter_warnings(model_card: Optional[Mapping]) -> list[str]:
+    """Warnings for the cluster sizes whose networks, by their own evaluation, did not learn them.
+
+    A network is taken not to resolve its parameter when its raw outputs over the model card's
+    evaluation samples (``accuracy.per_theta.<key>_raw_range``) span less than
+    :data:`UNRESOLVED_RANGE_SHARE` of the design's range of true sizes
+    (:data:`~hagg_tf.model.parameters.TABLE2_CLUSTER_SIZES`). Such an estimate is close to a
+    constant, and so are the shadows' descriptors that depend on it.
+
+    Args:
+        model_card: the networks' model card (may be empty).
+
+    Returns:
+        One warning per unresolved parameter (none when the card has no raw ranges).
+    """
+    per_theta = (((model_card or {}).get("accuracy") or {}).get("per_theta") or {})
+    design_width = max(TABLE2_CLUSTER_SIZES) - min(TABLE2_CLUSTER_SIZES)
+    symbols = {descriptor.key: descriptor.symbol for descriptor in DESCRIPTOR_QUANTITIES}
+    warnings = []
+    for quantity in THETA_QUANTITIES:
+        raw_range = per_theta.get(f"{quantity.key}_raw_range")
+        if quantity.key not in _DEPENDENT_DESCRIPTORS or not raw_range:
+            continue
+        low, high = float(raw_range[0]), float(raw_range[1])
+        if high - low >= UNRESOLVED_RANGE_SHARE * design_width:
+            continue
+        error = format_typical_error(typical_error(quantity.key, model_card))
+        dependent = " and ".join(symbols[key] for key in _DEPENDENT_DESCRIPTORS[quantity.key])
+        warnings.append(
+            f"the networks do not resolve {quantity.symbol} ({quantity.name}): on their "
+            f"evaluation samples, whose true sizes run from {min(TABLE2_CLUSTER_SIZES)} to "
+            f"{max(TABLE2_CLUSTER_SIZES)}, the raw estimate only spans {low:.1f}–{high:.1f} "
+            f"({error}), so the estimate of {quantity.symbol} comes out nearly the same for "
+            f"every sample and the shadows' {dependent} inherit that")
+    return warnings

@@ -326,18 +326,27 @@ def _domes(signal: np.ndarray, smooth: np.ndarray, level: float, pixel_size_nm: 
     if count == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
     index = np.arange(1, count + 1)
-    area_px = ndimage.sum_labels(np.ones(signal.shape), labels, index)
-    rows, cols = np.indices(signal.shape, dtype=np.float64)
-    mean_r = ndimage.sum_labels(rows, labels, index) / area_px
-    mean_c = ndimage.sum_labels(cols, labels, index) / area_px
+    # Per-dome sums over the labelled pixels only (a few % of the frame): the same additions in
+    # the same order as sums over the whole frame, whose other pixels add to label 0 only.
+    inside = np.flatnonzero(labels)
+    dome = labels.ravel()[inside]
+    rows, cols = (coordinate.astype(np.float64)
+                  for coordinate in np.unravel_index(inside, signal.shape))
+
+    def sums(weights):
+        return np.bincount(dome, weights, minlength=count + 1)[1:]
+
+    area_px = sums(np.ones(inside.size))
+    mean_r = sums(rows) / area_px
+    mean_c = sums(cols) / area_px
     # Second moments of the pixel squares (+1/12: a pixel's own variance).
-    var_r = ndimage.sum_labels(rows * rows, labels, index) / area_px - mean_r ** 2 + 1 / 12
-    var_c = ndimage.sum_labels(cols * cols, labels, index) / area_px - mean_c ** 2 + 1 / 12
-    cov = ndimage.sum_labels(rows * cols, labels, index) / area_px - mean_r * mean_c
+    var_r = sums(rows * rows) / area_px - mean_r ** 2 + 1 / 12
+    var_c = sums(cols * cols) / area_px - mean_c ** 2 + 1 / 12
+    cov = sums(rows * cols) / area_px - mean_r * mean_c
     half_trace = 0.5 * (var_r + var_c)
     spread = np.sqrt(np.maximum(half_trace ** 2 - (var_r * var_c - cov ** 2), 0.0))
     elongation = (half_trace + spread) / np.maximum(half_trace - spread, 1e-9)
-    peak = np.asarray(ndimage.maximum(smooth, labels, index))
+    peak = np.asarray(ndimage.maximum(smooth.ravel()[inside], dome, index))
     # Domes cut by the border are not whole particles.
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     whole = ~np.isin(index, edge)

@@ -58,6 +58,7 @@ from hagg_tf.data.manifest import json_sha256
 from hagg_tf.evaluation import paper_evaluation
 from hagg_tf.evaluation.predictions import (PredictionsError, Predictions, load_predictions,
                                             save_predictions)
+from hagg_tf.jsonsafe import json_safe
 from hagg_tf.model.parameters import GeneratorConfig
 from hagg_tf.stem.conditions import DEFAULT_DOSE, DEFAULT_PIXEL_SIZE_NM, ImagingConditions
 
@@ -254,7 +255,7 @@ def condition_record(condition: RobustnessCondition, config: DatasetConfig) -> d
 
         imaging = {"randomized": condition.randomized,
                    "ranges": dataclasses.asdict(condition_ranges(condition.randomized))}
-    return paper_evaluation.json_safe({"imaging": imaging,
+    return json_safe({"imaging": imaging,
                                        "generator_overrides": dict(
                                            condition.generator_overrides)})
 
@@ -487,7 +488,7 @@ def condition_metrics(predictions: Predictions, nu: int) -> dict:
         metrics[f"{network}_exact"] = entry["exact"]
         metrics[f"{network}_within_1"] = entry["within_1"]
         metrics[f"{network}_mae"] = entry["mae"]
-    return paper_evaluation.json_safe(metrics)
+    return json_safe(metrics)
 
 
 def _load_cached(path: pathlib.Path, settings: dict) -> Optional[Predictions]:
@@ -570,7 +571,7 @@ def run_robustness(model=None, *, conditions: Sequence[str] = tuple(ROBUSTNESS_C
                 save_predictions(predictions, path)
         info = predictions.info
         sample_warnings = info.get("sample_warnings", [])
-        result["conditions"][name] = paper_evaluation.json_safe({
+        result["conditions"][name] = json_safe({
             "description": condition.description, **condition_record(condition, config),
             "metrics": condition_metrics(predictions, images_per_theta),
             "refused": info.get("refused", []),
@@ -645,8 +646,8 @@ def plot_condition_gallery(path: Union[str, os.PathLike], *,
     from matplotlib.figure import Figure
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
-    from hagg_tf.estimation.characterize import _scale_bar_length
-    from hagg_tf.model.io import atomic_write
+    from hagg_tf.estimation.characterize import scale_bar_length
+    from hagg_tf.evaluation.figures import save_png
 
     names = check_condition_names(conditions)
     names = ["clean"] + [name for name in names if name != "clean"]
@@ -674,7 +675,7 @@ def plot_condition_gallery(path: Union[str, os.PathLike], *,
         extent = 2 * half * pixel
         axis.imshow(window, cmap="gray", norm=PowerNorm(0.5, vmin=0.0, vmax=max(high, 1.0)),
                     extent=(0.0, extent, extent, 0.0), interpolation="antialiased")
-        length = _scale_bar_length(extent)
+        length = scale_bar_length(extent)
         axis.add_artist(AnchoredSizeBar(axis.transData, length, f"{length:g} nm",
                                         "lower right", color="yellow", frameon=False,
                                         size_vertical=extent / 100,
@@ -684,4 +685,4 @@ def plot_condition_gallery(path: Union[str, os.PathLike], *,
                     f"({theta.fractal_dimension:g}, {theta.mixing_ratio:g}, "
                     f"{theta.wo3_cluster_size}, {theta.tio2_cluster_size})) under every "
                     f"condition; central {field_nm:g} nm, √counts", fontsize=9)
-    return atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=dpi))
+    return save_png(figure, path, dpi=dpi, bbox_inches=None)

@@ -2,8 +2,10 @@
 
 All descriptors come from the contact graph: particles are nodes, and two particles are joined
 when ‖x_i − x_j‖ ≤ 1.01 (r_i + r_j) (Eq. 2). Observable clusters are the connected components of
-the subgraph of one material (maximal connected same-label subsets, Sec. 2.2.1), computed with
-networkx.
+the subgraph of one material (maximal connected same-label subsets, Sec. 2.2.1). :func:`describe`
+finds them with a union–find over the contact pairs (:func:`component_sizes`); the graph itself
+is available as a networkx graph (:func:`contact_graph`, :func:`observable_clusters`), which is
+imported only there: networkx takes longer to import than describing a hundred aggregates.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import networkx as nx
 import numpy as np
 
 from hagg_tf.model.aggregate import Aggregate
@@ -75,8 +76,10 @@ def overlapping_pairs(positions: np.ndarray, radii: np.ndarray) -> np.ndarray:
     return np.stack([first, second], axis=1)
 
 
-def contact_graph(aggregate: Aggregate, tolerance: float = CONTACT_TOLERANCE) -> nx.Graph:
+def contact_graph(aggregate: Aggregate, tolerance: float = CONTACT_TOLERANCE) -> "nx.Graph":
     """networkx graph of the aggregate: nodes 0..N−1 with attribute ``label``, contact edges."""
+    import networkx as nx
+
     graph = nx.Graph()
     graph.add_nodes_from((node, {"label": int(label)}) for node, label in enumerate(aggregate.labels))
     graph.add_edges_from(contact_pairs(aggregate.positions, aggregate.radii, tolerance).tolist())
@@ -84,8 +87,10 @@ def contact_graph(aggregate: Aggregate, tolerance: float = CONTACT_TOLERANCE) ->
 
 
 def observable_clusters(aggregate: Aggregate, label: int,
-                        graph: nx.Graph | None = None) -> list[set[int]]:
+                        graph: "nx.Graph | None" = None) -> list[set[int]]:
     """Maximal connected subsets of particles with material ``label`` (sets of indices)."""
+    import networkx as nx
+
     graph = graph if graph is not None else contact_graph(aggregate)
     nodes = np.flatnonzero(aggregate.labels == label).tolist()
     return [set(component) for component in nx.connected_components(graph.subgraph(nodes))]
@@ -108,18 +113,51 @@ def fractal_dimension(positions: np.ndarray, radii: np.ndarray,
     return math.log(radii.shape[0] / fractal_prefactor) / math.log(gyration / mean_radius)
 
 
+def component_sizes(count: int, pairs: np.ndarray, members: np.ndarray | None = None
+                    ) -> list[int]:
+    """Sizes of the connected components of a graph given by its edges (union–find).
+
+    Args:
+        count: N, nodes 0..N−1.
+        pairs: (E, 2) edges, e.g. :func:`contact_pairs`.
+        members: (N,) bool, the nodes of the subgraph to take (with the edges between them:
+            an observable cluster's material); None: all nodes.
+
+    Returns:
+        The sizes of the subgraph's components, in order of their smallest node.
+    """
+    members = np.ones(count, bool) if members is None else np.asarray(members, bool)
+    kept = pairs[members[pairs[:, 0]] & members[pairs[:, 1]]] if len(pairs) else pairs
+    parent = list(range(count))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving keeps the trees flat
+            node = parent[node]
+        return node
+
+    for first, second in kept.tolist():
+        first, second = root(first), root(second)
+        if first != second:
+            parent[max(first, second)] = min(first, second)
+    sizes: dict[int, int] = {}
+    for node in np.flatnonzero(members).tolist():
+        top = root(node)
+        sizes[top] = sizes.get(top, 0) + 1
+    return list(sizes.values())
+
+
 def describe(aggregate: Aggregate, fractal_prefactor: float = FRACTAL_PREFACTOR,
              tolerance: float = CONTACT_TOLERANCE) -> Descriptors:
     """All structural descriptors of ``aggregate`` (see ``Descriptors``)."""
-    graph = contact_graph(aggregate, tolerance)
     size = aggregate.size
     labels = aggregate.labels
-    edges = np.array(graph.edges(), dtype=np.int64).reshape(-1, 2)
+    edges = contact_pairs(aggregate.positions, aggregate.radii, tolerance).reshape(-1, 2)
     hetero_contacts = int(np.count_nonzero(labels[edges[:, 0]] != labels[edges[:, 1]]))
 
     def mean_cluster_size(label: int) -> float:
-        clusters = observable_clusters(aggregate, label, graph)
-        return float(np.mean([len(cluster) for cluster in clusters])) if clusters else math.nan
+        sizes = component_sizes(size, edges, labels == label)
+        return float(np.mean(sizes)) if sizes else math.nan
 
     return Descriptors(
         size=size,
@@ -129,8 +167,8 @@ def describe(aggregate: Aggregate, fractal_prefactor: float = FRACTAL_PREFACTOR,
         tio2_cluster_size=mean_cluster_size(TIO2),
         wo3_cluster_size=mean_cluster_size(WO3),
         hetero_coordination=2.0 * hetero_contacts / size,
-        total_coordination=2.0 * graph.number_of_edges() / size,
-        connected=nx.is_connected(graph),
+        total_coordination=2.0 * edges.shape[0] / size,
+        connected=len(component_sizes(size, edges)) == 1,
     )
 
 
