@@ -123,6 +123,8 @@ class FakeCharacterizeModel:
     ν-subsets, like ``serving_default``.
     """
 
+    has_per_image_outputs = True
+
     def __init__(self, folder, *, num_images=3, image_size=64, pixel_size_nm=9.6,
                  outputs=None):
         import pathlib

@@ -75,6 +75,9 @@ class StandInModel(CharacterizeModel):
     """The composite model's interface without TensorFlow: fixed raw outputs, so that an
     out-of-range θ̂ can be made on purpose."""
 
+    # Its fixed estimate is the whole of it: no per-image outputs to bootstrap.
+    has_per_image_outputs = False
+
     def __init__(self, folder, wo3_raw, num_images=12, image_size=512, pixel_size_nm=1.2):
         self.version_dir = pathlib.Path(folder)
         self.metadata = {"image_size": image_size, "num_images": num_images,

@@ -26,6 +26,9 @@ class StatisticModel(CharacterizeModel):
     per-image outputs are simple statistics of the images it is given (so a change of the
     images changes them), combined by the real estimators."""
 
+    # Its fixed estimate is the whole of it: no per-image outputs to bootstrap.
+    has_per_image_outputs = False
+
     def __init__(self, folder, image_size=TINY.image_size,
                  pixel_size_nm=TINY.effective_pixel_size_nm, num_images=TINY_NU):
         self.version_dir = Path(folder)

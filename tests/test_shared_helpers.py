@@ -99,3 +99,19 @@ def test_the_check_sees_a_private_import(tmp_path):
     (tmp_path / "bad.py").write_text("from hagg_tf.estimation.characterize import (\n"
                                      "    report, _hidden)\nfrom .io import __all__\n")
     assert private_imports(tmp_path) == ["bad.py:1: hagg_tf.estimation.characterize._hidden"]
+
+
+def test_read_json_record_names_the_file_and_the_format(tmp_path):
+    from hagg_tf.data.manifest import DatasetError
+    from hagg_tf.model.io import read_json_record, write_json_atomic
+
+    good = write_json_atomic(tmp_path / "good.json", {"format": "hagg_tf test", "value": 1})
+    assert read_json_record(good, "hagg_tf test", "test file") == {"format": "hagg_tf test",
+                                                                   "value": 1}
+    cases = {"other.json": '{"format": "something else"}', "list.json": "[1, 2]",
+             "broken.json": '{"format": ', "binary.json": b"\xff\xfe"}
+    for name, content in cases.items():
+        path = tmp_path / name
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+        with pytest.raises(DatasetError, match=f"{path}: (unreadable|not a) test file"):
+            read_json_record(path, "hagg_tf test", "test file", error=DatasetError)

@@ -24,6 +24,8 @@ import os
 import re
 from pathlib import Path
 
+from hagg_tf.model.io import read_json_record
+
 MANIFEST_NAME = "manifest.json"
 SETTINGS_NAME = "settings.json"
 FORMAT_NAME = "hagg_tf.dataset"
@@ -64,12 +66,8 @@ def load_manifest(path: str | os.PathLike) -> dict:
             hint = ("; the directory holds an unfinished database: rerun the generator "
                     "(it resumes) until every shard is done")
         raise DatasetError(f"{manifest_path}: no manifest{hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{manifest_path}: unreadable manifest ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise DatasetError(f"{manifest_path}: not a hagg_tf dataset manifest")
+    manifest = read_json_record(manifest_path, FORMAT_NAME, "hagg_tf dataset manifest",
+                                error=DatasetError)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"{manifest_path}: format version {manifest.get('format_version')}, "
                            f"this hagg_tf reads {FORMAT_VERSION}")

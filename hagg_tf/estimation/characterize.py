@@ -353,7 +353,8 @@ def characterize(images: Union[str, os.PathLike, Sequence, np.ndarray], *, model
 
     started = time.perf_counter()
     uncertainty = None
-    if has_per_image_outputs(model):
+    # Duck-typed models (stand-ins) without the attribute are used through ``estimate``.
+    if getattr(model, "has_per_image_outputs", False):
         estimate, uncertainty = estimate_with_uncertainty(
             model, prepared.counts, prepared.electrons_per_pixel, resamples=resamples, seed=seed)
     else:
@@ -429,36 +430,6 @@ def describe_inputs(inputs: Sequence[StemInput], prepared: PreparedImages) -> li
         info["prepared"] = changes or ["used as is"]
         described.append(info)
     return described
-
-
-def has_per_image_outputs(model) -> bool:
-    """True if ``model`` gives contract A's per-image outputs (``per_image`` and
-    ``cluster_heads``), so θ̂ and its bootstrap come from one run of the per-image networks.
-
-    A SavedModel exported before those signatures existed has the methods but not the
-    signatures (it is used through ``estimate``), and so is a stand-in that overrides only
-    ``estimate`` of a class with ``per_image`` (the tests' fixed outputs): its per-image methods
-    would not agree with it.
-    """
-    from hagg_tf.estimation.model import CLUSTER_HEADS_SIGNATURE, PER_IMAGE_SIGNATURE
-
-    def defined_by(*names):
-        # The most derived class defining one of ``names``: a runtime of
-        # :class:`~hagg_tf.estimation.model.CompositeRuntime` runs contract A in its
-        # ``_run_per_image`` and ``_run_cluster_heads``, the base class checks the inputs.
-        return next((klass for klass in type(model).__mro__
-                     if any(name in vars(klass) for name in names)), None)
-
-    per_image, heads, estimate = (defined_by(*names) for names in
-                                  (("per_image", "_run_per_image"),
-                                   ("cluster_heads", "_run_cluster_heads"), ("estimate",)))
-    if per_image is None or heads is None:
-        return False
-    if estimate is not None and estimate is not per_image and issubclass(estimate, per_image):
-        return False
-    signatures = getattr(getattr(model, "saved_model", None), "signatures", None)
-    return signatures is None or (PER_IMAGE_SIGNATURE in signatures
-                                  and CLUSTER_HEADS_SIGNATURE in signatures)
 
 
 def _check_domain(inputs: Sequence[StemInput], estimate: ThetaEstimate, model) -> DomainCheck:

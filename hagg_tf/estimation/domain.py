@@ -54,6 +54,7 @@ import numpy as np
 from hagg_tf.estimation.estimators import ThetaEstimate
 from hagg_tf.estimation.images import (BACKGROUND_FRAME, PIXEL_SIZE_TOLERANCE, InputError,
                                        StemInput, background_level, resample)
+from hagg_tf.model.io import read_json_record
 from hagg_tf.model.parameters import (TABLE2_CLUSTER_SIZES, TABLE2_FRACTAL_DIMENSIONS,
                                       TABLE2_MIXING_RATIOS)
 
@@ -534,12 +535,7 @@ def load_training_domain(model_path: Union[str, os.PathLike]) -> Optional[dict]:
     path = version_dir / TRAINING_DOMAIN_FILENAME
     if not path.is_file():
         return None
-    try:
-        domain = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: unreadable training domain ({error})") from None
-    if not isinstance(domain, dict) or domain.get("format") != TRAINING_DOMAIN_FORMAT:
-        raise ValueError(f"{path}: not a {TRAINING_DOMAIN_FORMAT!r} file")
+    domain = read_json_record(path, TRAINING_DOMAIN_FORMAT, "training domain")
     domain["_path"] = str(path)
     return domain
 

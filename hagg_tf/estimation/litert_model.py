@@ -25,7 +25,7 @@ import numpy as np
 
 from hagg_tf.estimation.model import (CLUSTER_HEADS_SIGNATURE, LITERT_FILENAME,
                                       PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, CompositeRuntime,
-                                      find_model, litert_unusable)
+                                      LiteRTUnusable, find_model, litert_unusable)
 
 #: Images per call of the per-image signature: every image is computed on its own (per-image
 #: scaling and networks), so chunks give the same numbers and bound the memory of the
@@ -97,7 +97,7 @@ class LiteRTCharacterizeModel(CompositeRuntime):
         self.version_dir, self.metadata = find_model(path)
         reason = litert_unusable(self.version_dir)
         if reason is not None:
-            raise ValueError(reason)
+            raise LiteRTUnusable(reason)
         self._interpreter = make_interpreter(self.version_dir / LITERT_FILENAME,
                                              num_threads=num_threads, xnnpack=xnnpack)
         self._runners = {}

@@ -1,7 +1,6 @@
 """Loading the composite characterize SavedModel and running it on images of one sample."""
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Optional, Union
@@ -9,6 +8,7 @@ from typing import Optional, Union
 import numpy as np
 
 from hagg_tf.estimation.estimators import ThetaEstimate
+from hagg_tf.model.io import read_json_record
 
 #: Environment variable that overrides the default model location.
 MODELS_ENVIRONMENT_VARIABLE = "HAGG_TF_MODELS"
@@ -81,14 +81,7 @@ def read_metadata(version_dir: Union[str, os.PathLike]) -> dict:
     path = pathlib.Path(version_dir) / METADATA_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: not a hagg_tf characterize export")
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: unreadable export metadata ({error})") from None
-    if metadata.get("format") != METADATA_FORMAT:
-        raise ValueError(f"{path} is not a characterize export (format "
-                         f"{metadata.get('format')!r})")
-    return metadata
+    return read_json_record(path, METADATA_FORMAT, "characterize export's metadata")
 
 
 def shipped_models_dir() -> pathlib.Path:
@@ -155,6 +148,10 @@ class CompositeRuntime:
         version_dir: the loaded version directory.
         metadata: its ``hagg_tf_export.json``.
     """
+
+    #: Whether contract A is there to run: True for every runtime of an export with the two
+    #: signatures; an older SavedModel without them is used through ``estimate`` alone.
+    has_per_image_outputs = True
 
     version_dir: pathlib.Path
     metadata: dict
@@ -271,6 +268,13 @@ class CharacterizeModel(CompositeRuntime):
         """The object ``tf.saved_model.load`` returned (signatures, variables)."""
         return self._loaded
 
+    @property
+    def has_per_image_outputs(self) -> bool:
+        """True if the SavedModel has contract A's two signatures (exports written before
+        them have only the θ̂ signatures)."""
+        signatures = self._loaded.signatures
+        return PER_IMAGE_SIGNATURE in signatures and CLUSTER_HEADS_SIGNATURE in signatures
+
     def outputs(self, counts: np.ndarray, electrons_per_pixel: np.ndarray) -> dict:
         """All outputs of ``serving_default`` as numpy arrays.
 
@@ -329,6 +333,10 @@ def saved_model_digest(version_dir: Union[str, os.PathLike]) -> str:
     return digest.hexdigest()
 
 
+class LiteRTUnusable(ValueError):
+    """The LiteRT conversion of an export cannot be run (the message says why)."""
+
+
 def litert_unusable(version_dir: Union[str, os.PathLike]) -> Optional[str]:
     """Why the LiteRT conversion in ``version_dir`` cannot be used (None: it can).
 
@@ -345,11 +353,10 @@ def litert_unusable(version_dir: Union[str, os.PathLike]) -> Optional[str]:
         return (f"{version_dir} has no LiteRT conversion ({LITERT_FILENAME} and "
                 f"{LITERT_RECORD_FILENAME}; hagg-export-models --litert writes them)")
     try:
-        record = json.loads(record_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"{record_path}: unreadable ({error})"
-    if not isinstance(record, dict) or record.get("format") != LITERT_RECORD_FORMAT:
-        return f"{record_path} is not a record of hagg_tf's LiteRT conversion"
+        record = read_json_record(record_path, LITERT_RECORD_FORMAT,
+                                  "record of hagg_tf's LiteRT conversion")
+    except ValueError as error:
+        return str(error)
     if record.get("saved_model_digest") != saved_model_digest(version_dir):
         return (f"{path} was converted from another SavedModel than the one beside it "
                 "(stale); convert it again (hagg-export-models --litert)")
@@ -381,11 +388,11 @@ def load_characterize_model(path: Optional[Union[str, os.PathLike]] = None,
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     version_dir, _ = find_model(path)
     if runtime != "savedmodel":
-        reason = litert_unusable(version_dir)
-        if reason is None:
-            from hagg_tf.estimation.litert_model import LiteRTCharacterizeModel
+        from hagg_tf.estimation.litert_model import LiteRTCharacterizeModel
 
+        try:  # the constructor checks the conversion (litert_unusable) once
             return LiteRTCharacterizeModel(version_dir)
-        if runtime == "litert":
-            raise ValueError(f"runtime litert: {reason}")
+        except LiteRTUnusable as reason:
+            if runtime == "litert":
+                raise ValueError(f"runtime litert: {reason}") from None
     return CharacterizeModel(version_dir)

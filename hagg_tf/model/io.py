@@ -134,6 +134,34 @@ def write_json_atomic(path: str | os.PathLike, value, *, indent: int | None = 2,
     return atomic_write(path, lambda stream: stream.write(data))
 
 
+def read_json_record(path: str | os.PathLike, format_name: str, what: str, *,
+                     error: type[Exception] = ValueError) -> dict:
+    """Reads a JSON object that names its own format (``{"format": format_name, …}``).
+
+    The one reader of hagg_tf's self-describing JSON files (export metadata, dataset manifests,
+    training domains, LiteRT records): every problem is one ``error`` naming the file.
+
+    Args:
+        path: the file.
+        format_name: the value its ``"format"`` must have.
+        what: what the file is, in words, for the messages ("export metadata").
+        error: the exception type raised.
+
+    Raises:
+        error: unreadable, not JSON, not an object or another format (the message names
+            ``path``). A missing file is the caller's to check first.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: unreadable {what} ({problem})") from None
+    if not isinstance(value, dict) or value.get("format") != format_name:
+        found = value.get("format") if isinstance(value, dict) else type(value).__name__
+        raise error(f"{path}: not a {what} (format {found!r}, expected {format_name!r})")
+    return value
+
+
 def _optional(value) -> int:
     return _UNKNOWN if value is None else int(value)
 

@@ -185,23 +185,15 @@ def simulate_thickness_series(phase: crystals.CrystalPhase, orientation: Orienta
     slab, density_ratio = crystals.oriented_slab(phase, np.asarray(orientation.direction),
                                                  settings.lateral_nm, settings.max_thickness_nm,
                                                  unit_cell=unit_cell)
-    extent = np.diag(np.asarray(slab.cell))[:2]
-    # Keep the sampling of the settings (it fixes the largest angle) on the density-matched box.
-    gpts = tuple(_fft_size(int(np.ceil(length / settings.sampling_angstrom))) for length in extent)
     frozen = abtem.FrozenPhonons(slab, num_configs=settings.num_configs, sigmas=phase.sigmas(),
                                  ensemble_mean=False, seed=seed)
-    potential = abtem.Potential(frozen, gpts=gpts,
-                                slice_thickness=settings.slice_thickness_angstrom,
-                                parametrization=settings.parametrization,
-                                projection=settings.projection, exit_planes=exit_planes(settings))
-    positions = probe_positions(settings, seed, extent)
-    series = _detect_series(potential, positions, settings)
+    series = _detect_series(frozen, np.diag(np.asarray(slab.cell))[:2], settings, seed)
     return {
         "material": phase.material, "phase": phase.phase, "orientation": orientation.label,
         "tilt_deg": orientation.tilt_deg, "direction": list(orientation.direction),
         **series,
         "num_atoms": int(len(slab)), "box_angstrom": [float(v) for v in np.diag(np.asarray(slab.cell))],
-        "gpts": list(gpts), "density_ratio": density_ratio, "seed": int(seed), "probe_positions_angstrom": positions.tolist(),
+        "density_ratio": density_ratio, "seed": int(seed),
         "runtime_s": time.time() - started,
         "settings": settings.as_dict(), "crystal": phase.as_dict(),
     }
@@ -219,15 +211,25 @@ def exit_planes(settings: MultisliceSettings) -> tuple[int, ...]:
     return tuple(range(-1, num_slices, exit_every))
 
 
-def _detect_series(potential, positions: np.ndarray, settings: MultisliceSettings) -> dict:
-    """Scan the probe over ``positions`` through ``potential``; detector signal per exit plane.
+def _detect_series(structures, extent_angstrom, settings: MultisliceSettings, seed: int) -> dict:
+    """Scan the probe through the potential of ``structures`` (an abTEM frozen-phonon or atoms
+    ensemble over a box of lateral ``extent_angstrom``, (2,) Å) at the seeded probe positions;
+    detector signal per exit plane.
 
     Returns the table columns (``thickness_nm``, ``intensity``, ``intensity_flat``, their
-    standard errors over all (configuration, position) runs, ``total_intensity``) and
-    ``max_angle_mrad``.
+    standard errors over all (configuration, position) runs, ``total_intensity``),
+    ``max_angle_mrad``, and the grid (``gpts``) and ``probe_positions_angstrom`` used.
     """
     import abtem  # optional 'physics' extra
 
+    # Keep the sampling of the settings (it fixes the largest angle) on the box given.
+    gpts = tuple(_fft_size(int(np.ceil(length / settings.sampling_angstrom)))
+                 for length in extent_angstrom)
+    potential = abtem.Potential(structures, gpts=gpts,
+                                slice_thickness=settings.slice_thickness_angstrom,
+                                parametrization=settings.parametrization,
+                                projection=settings.projection, exit_planes=exit_planes(settings))
+    positions = probe_positions(settings, seed, extent_angstrom)
     probe = abtem.Probe(energy=settings.energy_ev, semiangle_cutoff=settings.semiangle_mrad,
                         defocus=settings.defocus_angstrom)
     rings = abtem.FlexibleAnnularDetector(step_size=settings.bin_step_mrad)
@@ -258,6 +260,7 @@ def _detect_series(potential, positions: np.ndarray, settings: MultisliceSetting
         "intensity_flat_sem": sem(runs_flat).tolist(),
         "total_intensity": values.sum(axis=-1).mean(axis=(0, 2)).tolist(),
         "max_angle_mrad": float(edges[-1]),
+        "gpts": list(gpts), "probe_positions_angstrom": positions.tolist(),
     }
 
 
@@ -298,23 +301,16 @@ def simulate_film_series(phase: crystals.AmorphousPhase, settings: MultisliceSet
         slab.positions = slab.positions + thermal
         slab.wrap()
         structures.append(slab)
-    extent = np.diag(np.asarray(structures[0].cell))[:2]
-    gpts = tuple(_fft_size(int(np.ceil(length / settings.sampling_angstrom))) for length in extent)
     ensemble = abtem.AtomsEnsemble(structures, ensemble_mean=False)
-    potential = abtem.Potential(ensemble, gpts=gpts,
-                                slice_thickness=settings.slice_thickness_angstrom,
-                                parametrization=settings.parametrization,
-                                projection=settings.projection, exit_planes=exit_planes(settings))
-    positions = probe_positions(settings, seed, extent)
-    series = _detect_series(potential, positions, settings)
+    series = _detect_series(ensemble, np.diag(np.asarray(structures[0].cell))[:2], settings,
+                            seed)
     return {
         "material": phase.material, "phase": phase.phase, "orientation": FILM_ORIENTATION,
         "tilt_deg": float("nan"), "direction": [0.0, 0.0, 1.0],
         **series,
         "num_atoms": int(len(structures[0])),
         "box_angstrom": [float(v) for v in np.diag(np.asarray(structures[0].cell))],
-        "gpts": list(gpts), "density_ratio": 1.0, "seed": int(seed),
-        "structure_seeds": structure_seeds, "probe_positions_angstrom": positions.tolist(),
+        "density_ratio": 1.0, "seed": int(seed), "structure_seeds": structure_seeds,
         "runtime_s": time.time() - started,
         "settings": settings.as_dict(), "crystal": phase.as_dict(),
     }

@@ -328,15 +328,24 @@ def load_tables(path: str | Path | None = None, column: str = "intensity") -> Ha
     return _parse(_read_table_file(path), str(path), column)
 
 
+def _shipped_text(filename: str, missing_hint: str) -> tuple[str, str]:
+    """(text, source name) of a table file shipped in ``hagg_tf/stem/data/``.
+
+    Raises:
+        TableError: the file is missing (the message says how to make it).
+    """
+    resource = importlib.resources.files("hagg_tf.stem") / "data" / filename
+    try:
+        return resource.read_text(), f"hagg_tf:stem/data/{filename}"
+    except FileNotFoundError:
+        raise TableError(f"{resource}: {missing_hint}") from None
+
+
 @functools.lru_cache(maxsize=4)
 def _shipped_tables(column: str) -> HaadfTables:
-    resource = importlib.resources.files("hagg_tf.stem") / "data" / SHIPPED_TABLES
-    try:
-        text = resource.read_text()
-    except FileNotFoundError:
-        raise TableError(f"{resource}: the shipped HAADF tables are missing; create them with "
-                         "tools/make_haadf_tables.py or pass a table file") from None
-    return _parse(text, f"hagg_tf:stem/data/{SHIPPED_TABLES}", column)
+    text, source = _shipped_text(SHIPPED_TABLES, "the shipped HAADF tables are missing; create "
+                                 "them with tools/make_haadf_tables.py or pass a table file")
+    return _parse(text, source, column)
 
 
 def load_film_table(path: str | Path | None = None, column: str = "intensity") -> HaadfTable:
@@ -383,10 +392,7 @@ def _parse_film(text: str, source: str, column: str) -> HaadfTable:
 
 @functools.lru_cache(maxsize=4)
 def _shipped_film_table(column: str) -> HaadfTable:
-    resource = importlib.resources.files("hagg_tf.stem") / "data" / SHIPPED_FILM_TABLE
-    try:
-        text = resource.read_text()
-    except FileNotFoundError:
-        raise TableError(f"{resource}: the shipped support-film table is missing; create it with "
-                         "tools/make_haadf_tables.py --phases=C/amorphous or pass a file") from None
-    return _parse_film(text, f"hagg_tf:stem/data/{SHIPPED_FILM_TABLE}", column)
+    text, source = _shipped_text(SHIPPED_FILM_TABLE, "the shipped support-film table is "
+                                 "missing; create it with tools/make_haadf_tables.py "
+                                 "--phases=C/amorphous or pass a file")
+    return _parse_film(text, source, column)
