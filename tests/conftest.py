@@ -43,6 +43,20 @@ def tiny_compact_cache(tiny_database, tmp_path_factory):
     return database, cache
 
 
+@pytest.fixture(scope="session")
+def tiny_fine_cache(tiny_database, tmp_path_factory):
+    """(database, pooled cache) of the tiny preset at the ``fine`` architecture's pooling and
+    smallest image size (the shared backbone's tests). Tests must not modify either."""
+    from hagg_tf import networks
+    from hagg_tf.data.pooled import build_pooled_cache
+
+    database = tiny_database(networks.minimum_image_size("fine"))
+    pooling = networks.get_architecture("fine").input_pooling
+    cache = build_pooled_cache(database, tmp_path_factory.mktemp("tiny_fine_cache") / "pool",
+                               pooling, workers=1, progress=False)
+    return database, cache
+
+
 def _one_error_line(result) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -76,7 +76,7 @@ def test_shipped_example_runs_end_to_end(tmp_path):
     assert f"θ_Df = {theta['fractal_dimension']:.3f} ± " in result.stdout
     assert set(report["shadows"]["descriptors"]) >= {"S_TiO2", "Z_hetero", "Z_total"}
     assert (output / "shadows.npz").is_file() and (output / "shadows.xyz").is_file()
-    # The shipped networks are trained (saved_models/characterize/2): an untrained or placeholder
+    # The shipped networks are trained (saved_models/characterize/3): an untrained or placeholder
     # export must fail here rather than skip the accuracy check.
     card = report["model"]["model_card"]
     assert card.get("status") == "trained", card

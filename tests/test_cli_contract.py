@@ -92,8 +92,8 @@ def _assert_one_error_line(result, *fragments):
     assert "Traceback" not in result.stderr
 
 
-def test_setup_cfg_lists_the_eleven_tools():
-    assert len(SCRIPTS) == 11
+def test_setup_cfg_lists_the_twelve_tools():
+    assert len(SCRIPTS) == 12
     assert {module for module, _ in SCRIPTS.values()} == {
         f"hagg_tf.cli.{path.stem}" for path in (ROOT / "hagg_tf" / "cli").glob("*.py")
         if path.stem != "__init__"}
@@ -180,6 +180,8 @@ def test_no_tool_or_document_names_an_out_dir_flag():
     ("hagg-generate-dataset", ["--pixel_size_nm=1e9"], "--pixel_size_nm=1e9"),
     ("hagg-generate-aggregates", ["--radius_mean=inf"], "--radius_mean=inf"),
     ("hagg-train", ["--learning_rate=inf"], "--learning_rate=inf"),
+    ("hagg-train-backbone", ["--learning_rate=inf"], "--learning_rate=inf"),
+    ("hagg-train-backbone", ["--dataset=/nonexistent"], "--dataset=/nonexistent"),
     ("hagg-evaluate", ["--seed=-1"], "--seed=-1"),
     ("hagg-plot-aggregates", ["--seed=-1"], "--seed=-1"),
     ("hagg-make-haadf-tables", ["--lateral_nm=nan"], "--lateral_nm=nan"),

@@ -28,7 +28,11 @@ grpc = pytest.importorskip("grpc")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sample_a"
+from hagg_tf.estimation.model import resolve_version_dir  # noqa: E402
+
 SHIPPED = REPO / "saved_models"
+#: The shipped composite's version number, as TF Serving names it.
+VERSION = resolve_version_dir(SHIPPED).name
 HOST = "127.0.0.1"
 MODEL = "characterize"
 #: θ̂ of hagg-characterize's default runtime (LiteRT) against the served SavedModel: the
@@ -127,7 +131,7 @@ def test_rest_row_format_gives_the_theta_of_characterize(servers, sample):
 def test_rest_columnar_uint16_on_the_version_url_gives_the_same_theta(servers, sample):
     counts, electrons, expected = sample
     assert np.array_equal(counts, np.round(counts))  # 16-bit PNG counts, used as they are
-    status, answer = _rest(servers, f"/v1/models/{MODEL}/versions/2:predict", {
+    status, answer = _rest(servers, f"/v1/models/{MODEL}/versions/{VERSION}:predict", {
         "signature_name": "serving_uint16",
         "inputs": {"images": [counts.astype(np.uint16).tolist()],
                    "electrons_per_pixel": [electrons.tolist()]}})
@@ -148,14 +152,14 @@ def test_grpc_predict_with_the_official_stub_gives_the_same_theta(stub, sample):
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(counts[np.newaxis]))
     request.inputs["electrons_per_pixel"].CopyFrom(tf.make_tensor_proto(electrons[np.newaxis]))
     response = stub.Predict(request, timeout=120)
-    assert response.model_spec.name == MODEL and response.model_spec.version.value == 2
+    assert response.model_spec.name == MODEL and response.model_spec.version.value == int(VERSION)
     assert response.model_spec.signature_name == "serving_default"
     outputs = {name: tf.make_ndarray(proto)[0] for name, proto in response.outputs.items()}
     _assert_same_theta(outputs, expected)
     assert tf.make_ndarray(response.outputs["wo3_cluster_size"]).dtype == np.int32
 
     request.output_filter.append("theta")
-    request.model_spec.version.value = 2
+    request.model_spec.version.value = int(VERSION)
     response = stub.Predict(request, timeout=120)
     assert list(response.outputs) == ["theta"]
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["theta"])[0], expected.theta,
@@ -165,15 +169,15 @@ def test_grpc_predict_with_the_official_stub_gives_the_same_theta(stub, sample):
 # --- metadata and status --------------------------------------------------------------------------
 
 def test_status_and_metadata_over_rest(servers):
-    for path in (f"/v1/models/{MODEL}", f"/v1/models/{MODEL}/versions/2"):
+    for path in (f"/v1/models/{MODEL}", f"/v1/models/{MODEL}/versions/{VERSION}"):
         status, answer = _rest(servers, path)
         assert status == 200
         assert answer == {"model_version_status": [
-            {"version": "2", "state": "AVAILABLE",
+            {"version": VERSION, "state": "AVAILABLE",
              "status": {"error_code": "OK", "error_message": ""}}]}
     status, answer = _rest(servers, f"/v1/models/{MODEL}/metadata")
     assert status == 200
-    assert answer["model_spec"] == {"name": MODEL, "signature_name": "", "version": "2"}
+    assert answer["model_spec"] == {"name": MODEL, "signature_name": "", "version": VERSION}
     signatures = answer["metadata"]["signature_def"]["signature_def"]
     assert {"serving_default", "serving_uint16", "serving_preprocessed"} <= set(signatures)
     default = signatures["serving_default"]
@@ -195,7 +199,7 @@ def test_metadata_and_status_over_grpc(servers, stub):
     request.model_spec.name = MODEL
     request.metadata_field.append("signature_def")
     response = stub.GetModelMetadata(request, timeout=30)
-    assert response.model_spec.version.value == 2
+    assert response.model_spec.version.value == int(VERSION)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signature_map)
     assert {"serving_default", "serving_uint16", "serving_preprocessed"} <= set(
@@ -213,7 +217,7 @@ def test_metadata_and_status_over_grpc(servers, stub):
             get_model_status_pb2.GetModelStatusRequest(
                 model_spec={"name": MODEL}), timeout=30)
     (version,) = status.model_version_status
-    assert version.version == 2
+    assert version.version == int(VERSION)
     assert version.state == get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 

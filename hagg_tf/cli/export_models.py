@@ -6,6 +6,11 @@ Examples:
   hagg-export-models --runs=work/training --output=saved_models \
       --evaluate_dataset=work/datasets/paper
 
+  # the composite from a shared-backbone run (hagg-train-backbone), trained on the realistic
+  # database, with its LiteRT conversion (the recipe of saved_models/characterize/3):
+  hagg-export-models --backbone=work/training/shared_fine --dataset=work/datasets/realistic \
+      --output=saved_models --version=3 --kernel_dtype=float32
+
   # per-network SavedModels (TF Serving, one model each) recreated from a shipped composite:
   hagg-export-models --from_composite=saved_models --per_network --nocomposite \
       --output=work/saved_models
@@ -33,6 +38,12 @@ _RUNS = flags.DEFINE_string("runs", None, "Directory with one training run per n
 _FROM_COMPOSITE = flags.DEFINE_string(
     "from_composite", None, "Take the networks' weights from this composite export instead "
     "(export base, model or version directory).")
+_BACKBONE = flags.DEFINE_string(
+    "backbone", None, "Or a shared-backbone run (hagg-train-backbone: one f for the five "
+    "networks, its heads and the ν-image heads trained).")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "With --backbone: the database it was trained on (its pixel size goes "
+    "into the export; hagg-characterize resamples images to it).")
 _OUTPUT = flags.DEFINE_string("output", "work/saved_models", "Export base directory.")
 _VERSION = flags.DEFINE_integer("version", 1, "Version number of the exports.",
                                 lower_bound=1)
@@ -56,8 +67,21 @@ _LITERT = flags.DEFINE_bool(
 
 def main(argv):
     reject_extra_arguments(argv)
-    if (_RUNS.value is None) == (_FROM_COMPOSITE.value is None):
-        fail("give exactly one of --runs (training runs) and --from_composite")
+    sources = [value for value in (_RUNS.value, _FROM_COMPOSITE.value, _BACKBONE.value)
+               if value is not None]
+    if len(sources) != 1:
+        fail("give exactly one of --runs (training runs), --from_composite and --backbone")
+    if _BACKBONE.value is not None:
+        from hagg_tf.training.multitask import STACK_HEADS
+
+        if not (pathlib.Path(_BACKBONE.value) / STACK_HEADS).is_file():
+            fail(f"{_BACKBONE.value}: not a finished shared-backbone run (no {STACK_HEADS}; "
+                 "finish it with hagg-train-backbone)")
+        if _DATASET.value is not None and not (pathlib.Path(_DATASET.value)
+                                               / "manifest.json").is_file():
+            fail(f"--dataset={_DATASET.value}: no database (manifest.json) there")
+    elif _DATASET.value is not None:
+        fail("--dataset goes with --backbone")
     if not (_COMPOSITE.value or _PER_NETWORK.value):
         fail("nothing to do: --nocomposite without --per_network")
     if _RUNS.value is not None:
@@ -77,7 +101,8 @@ def main(argv):
     elif litert and not _COMPOSITE.value:
         fail("--litert converts the composite: it cannot go with --nocomposite")
     check_output_dir(_OUTPUT.value)
-    from hagg_tf.export.from_training import export_from_composite, export_from_runs
+    from hagg_tf.export.from_training import (export_from_backbone, export_from_composite,
+                                              export_from_runs)
     from hagg_tf.tensorflow_import import import_tensorflow_quietly
 
     import_tensorflow_quietly()
@@ -90,6 +115,12 @@ def main(argv):
                 kernel_dtype=_KERNEL_DTYPE.value, evaluate_dataset=_EVALUATE.value,
                 placeholder=_PLACEHOLDER.value, overwrite=_OVERWRITE.value,
                 which=_WHICH.value, per_network=_PER_NETWORK.value,
+                composite=_COMPOSITE.value, litert=litert)
+        elif _BACKBONE.value is not None:
+            written = export_from_backbone(
+                _BACKBONE.value, _OUTPUT.value, dataset=_DATASET.value, version=_VERSION.value,
+                kernel_dtype=_KERNEL_DTYPE.value, evaluate_dataset=_EVALUATE.value,
+                overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
                 composite=_COMPOSITE.value, litert=litert)
         else:
             written = export_from_composite(

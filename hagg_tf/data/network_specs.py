@@ -164,3 +164,35 @@ def network_spec(name: str) -> NetworkSpec:
         return NETWORK_SPECS[name]
     except KeyError:
         raise KeyError(f"unknown network {name!r}; choose one of {sorted(NETWORK_SPECS)}") from None
+
+
+#: Key of a composite export's per-network settings (``hagg_tf_export.json``, ``"networks"``)
+#: saying whether that network takes the inverse-intensity images of Sec. 2.3.5. The paper's
+#: CNN^1 does (:attr:`NetworkSpec.invert_intensities`); the shared-backbone networks of
+#: characterize/3 take the plain images, whose preprocessing does not depend on the
+#: background level (:mod:`hagg_tf.training.multitask`).
+INVERSE_INPUT_KEY = "inverse_intensity_input"
+
+
+def takes_inverse_intensities(name: str, settings: Optional[dict] = None) -> bool:
+    """Whether network ``name`` of a set of networks takes the 1/p images.
+
+    Args:
+        name: network name.
+        settings: the network's entry in an export's ``"networks"`` metadata, or None.
+
+    Returns:
+        ``settings[INVERSE_INPUT_KEY]`` when recorded, else the paper's choice.
+    """
+    if settings is not None and INVERSE_INPUT_KEY in settings:
+        return bool(settings[INVERSE_INPUT_KEY])
+    return network_spec(name).invert_intensities
+
+
+def inverse_intensity_networks(metadata: Optional[dict] = None) -> frozenset:
+    """Names of the networks that take the 1/p images, from an export's metadata (or the
+    paper's choice without one)."""
+    recorded = (metadata or {}).get("networks") or {}
+    return frozenset(name for name in NETWORK_NAMES
+                     if takes_inverse_intensities(name, recorded.get(name)))
+

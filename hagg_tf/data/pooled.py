@@ -260,14 +260,20 @@ def build_pooled_cache(dataset_dir: Union[str, os.PathLike],
     return cache_dir
 
 
-def load_pooled_split(cache_dir: Union[str, os.PathLike], split: str,
-                      dataset_dir: Optional[Union[str, os.PathLike]] = None) -> PooledSplit:
-    """Reads one split of a pooled cache.
+def iter_pooled_parts(cache_dir: Union[str, os.PathLike], split: str,
+                      dataset_dir: Optional[Union[str, os.PathLike]] = None):
+    """The parts of one split of a pooled cache, one at a time, in database order.
+
+    Memory stays at one part (one database shard), whatever the size of the split: the
+    evaluation streams a split through the networks this way.
 
     Args:
         cache_dir: directory written by :func:`build_pooled_cache`.
         split: split name.
         dataset_dir: if given, the cache must have been built from this database.
+
+    Yields:
+        ``{"plain", "inverted", <LABEL_KEYS>, "shard_sha256"}`` arrays of one part.
 
     Raises:
         DatasetError: no cache, a missing part, a cache of another database, or (with
@@ -275,10 +281,7 @@ def load_pooled_split(cache_dir: Union[str, os.PathLike], split: str,
             lists (names the part; `build_pooled_cache` rebuilds it).
     """
     cache_dir = pathlib.Path(cache_dir)
-    settings_path = cache_dir / SETTINGS_FILE
-    if not settings_path.is_file():
-        raise DatasetError(f"{cache_dir}: no pooled cache (build it with build_pooled_cache)")
-    settings = json.loads(settings_path.read_text())
+    settings = _cache_settings(cache_dir)
     if dataset_dir is not None:
         expected = _settings(pathlib.Path(dataset_dir), settings["pooling"])
         if expected != settings:
@@ -294,19 +297,46 @@ def load_pooled_split(cache_dir: Union[str, os.PathLike], split: str,
             built = sum(part.is_file() for part in present)
             raise DatasetError(f"{cache_dir}: {built} of the {len(shards)} parts of split "
                                f"{split!r}; finish it with build_pooled_cache")
-    loaded = []
     for number, part in enumerate(parts):
         with np.load(part) as data:
-            loaded.append({key: data[key] for key in data.files})
+            loaded = {key: data[key] for key in data.files}
         if shards is not None:
-            recorded = loaded[-1].get(SHARD_SHA256_KEY)
+            recorded = loaded.get(SHARD_SHA256_KEY)
             if recorded is None or str(recorded) != shards[number]["sha256"]:
                 origin = ("records no shard sha256 (pooled by an older hagg_tf)"
                           if recorded is None else "was pooled from another version of "
                           f"{shards[number]['file']} than {dataset_dir} lists")
                 raise DatasetError(f"{part}: {origin}; rebuild it with build_pooled_cache "
                                    "(hagg-train --pooled_cache rebuilds stale parts)")
-    plain = np.concatenate([part["plain"] for part in loaded])
-    inverted = np.concatenate([part["inverted"] for part in loaded])
-    labels = {key: np.concatenate([part[key] for part in loaded]) for key in LABEL_KEYS}
-    return PooledSplit(plain, inverted, labels, int(settings["pooling"]))
+        yield loaded
+
+
+def _cache_settings(cache_dir: pathlib.Path) -> dict:
+    settings_path = cache_dir / SETTINGS_FILE
+    if not settings_path.is_file():
+        raise DatasetError(f"{cache_dir}: no pooled cache (build it with build_pooled_cache)")
+    return json.loads(settings_path.read_text())
+
+
+def cache_pooling(cache_dir: Union[str, os.PathLike]) -> int:
+    """The input pooling a pooled cache was built with.
+
+    Raises:
+        DatasetError: no cache there.
+    """
+    return int(_cache_settings(pathlib.Path(cache_dir))["pooling"])
+
+
+def load_pooled_split(cache_dir: Union[str, os.PathLike], split: str,
+                      dataset_dir: Optional[Union[str, os.PathLike]] = None) -> PooledSplit:
+    """Reads one split of a pooled cache, all parts concatenated (see :func:`iter_pooled_parts`
+    for the checks and the errors)."""
+    plain, inverted, labels = [], [], {key: [] for key in LABEL_KEYS}
+    for part in iter_pooled_parts(cache_dir, split, dataset_dir):
+        plain.append(part.pop("plain"))
+        inverted.append(part.pop("inverted"))
+        for key in LABEL_KEYS:
+            labels[key].append(part[key])
+    return PooledSplit(np.concatenate(plain), np.concatenate(inverted),
+                       {key: np.concatenate(value) for key, value in labels.items()},
+                       cache_pooling(cache_dir))

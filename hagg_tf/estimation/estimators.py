@@ -20,7 +20,7 @@ These functions are the reference implementation; the composite SavedModel
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -234,8 +234,8 @@ def estimate_theta(fractal_dimension: np.ndarray, mixing_ratio_regressor: np.nda
 
 
 def estimate_with_networks(models: Mapping[str, Any], counts: np.ndarray,
-                           electrons_per_pixel: np.ndarray, batch_size: int = 16
-                           ) -> ThetaEstimate:
+                           electrons_per_pixel: np.ndarray, batch_size: int = 16,
+                           inverse_networks: Optional[Iterable[str]] = None) -> ThetaEstimate:
     """θ̂ of one sample computed with the five Keras networks (reference path; evaluation).
 
     Runs each network on its own, with the numpy preprocessing
@@ -247,11 +247,18 @@ def estimate_with_networks(models: Mapping[str, Any], counts: np.ndarray,
         counts: (n, H, W) detector counts (or intensity fractions with electrons_per_pixel 1).
         electrons_per_pixel: (n,) incident electrons per pixel of each image.
         batch_size: images per forward call.
+        inverse_networks: names of the networks that take the 1/p images; None: the paper's
+            (CNN^1). An export records its own
+            (:func:`hagg_tf.data.network_specs.inverse_intensity_networks` of its metadata).
 
     Returns:
         The estimate.
     """
+    from hagg_tf.data.network_specs import MULTI_IMAGE_NETWORKS, inverse_intensity_networks
     from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, preprocess_images_numpy
+
+    inverse_networks = (inverse_intensity_networks() if inverse_networks is None
+                        else frozenset(inverse_networks))
 
     counts = np.asarray(counts, dtype=np.float32)
     electrons = np.asarray(electrons_per_pixel, dtype=np.float32).reshape(-1)
@@ -273,8 +280,9 @@ def estimate_with_networks(models: Mapping[str, Any], counts: np.ndarray,
                                .reshape(-1) for start in range(0, len(stacks), step)])
 
     return estimate_theta(single("fractal_dimension"), single("mixing_ratio_regressor"),
-                          single("mixing_ratio_classifier"), multi("wo3_cluster_size", plain),
-                          multi("tio2_cluster_size", inverted))
+                          single("mixing_ratio_classifier"),
+                          *(multi(name, inverted if name in inverse_networks else plain)
+                            for name in MULTI_IMAGE_NETWORKS))
 
 
 def theta_errors(estimate: ThetaEstimate, truth: ModelParameters) -> dict[str, float]:

@@ -22,15 +22,19 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from hagg_tf.data.pooled import LABEL_KEYS, iter_pooled_shards, load_pooled_split, sums_to_inputs
+from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, iter_pooled_parts, iter_pooled_shards,
+                                 sums_to_inputs)
 from hagg_tf.data.design import disjoint_groups
+from hagg_tf.data.network_specs import inverse_intensity_networks
 from hagg_tf.evaluation.predictions import Predictions
+from hagg_tf.training.group_heads import fit_group_head, predict_in_chunks
 
 SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
                         "mixing_ratio_regressor": "mixing_ratio_regressor_pred",
                         "mixing_ratio_classifier": "homogeneous_probability_pred"}
 MULTI_IMAGE_NETWORKS = ("wo3_cluster_size", "tio2_cluster_size")
 _CHUNK = 256
+_CHUNK_PIXELS = 1 << 22
 
 
 def load_networks(model=None) -> tuple[dict, dict]:
@@ -54,16 +58,17 @@ def load_networks(model=None) -> tuple[dict, dict]:
     models, metadata = networks_from_composite(model)
     return models, {"source": str(model or "shipped default"), "kind": "composite export",
                     "architecture": metadata.get("architecture", "table3"),
+                    "inverse_intensity_networks": sorted(inverse_intensity_networks(metadata)),
                     "model_card_status": (metadata.get("model_card") or {}).get("status")}
 
 
 class _SplitRunner:
     """f and the single-image heads of the five networks on pooled images."""
 
-    def __init__(self, models: dict):
+    def __init__(self, models: dict, inverse_networks=None):
         import keras
 
-        from hagg_tf.networks import input_pooling_layer, network_spec
+        from hagg_tf.networks import input_pooling_layer
         from hagg_tf.training.pooled import pooled_feature_extractor, pooled_twin
 
         self.models = models
@@ -74,8 +79,9 @@ class _SplitRunner:
         self.single = {name: pooled_twin(models[name], keras) for name in SINGLE_IMAGE_OUTPUTS}
         self.features = {name: pooled_feature_extractor(models[name], keras)
                          for name in MULTI_IMAGE_NETWORKS}
-        self.inverted = {name: network_spec(name).invert_intensities
-                         for name in MULTI_IMAGE_NETWORKS}
+        inverse_networks = (inverse_intensity_networks() if inverse_networks is None
+                            else frozenset(inverse_networks))
+        self.inverted = {name: name in inverse_networks for name in MULTI_IMAGE_NETWORKS}
 
     def run(self, part: dict, features_only: bool = False) -> dict:
         plain = sums_to_inputs(part["plain"], self.pooling)[..., np.newaxis]
@@ -91,16 +97,18 @@ class _SplitRunner:
 
 
 def _predict(model, inputs: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(model(inputs[start:start + _CHUNK], training=False))
-                           for start in range(0, len(inputs), _CHUNK)])
+    # At most _CHUNK_PIXELS input pixels per call: the first feature maps of a chunk of 256
+    # 2x2-pooled images (256 px) take a GB each.
+    per_image = int(np.prod(inputs.shape[1:])) or 1
+    return predict_in_chunks(model, inputs, max(1, min(_CHUNK, _CHUNK_PIXELS // per_image)))
 
 
 def _parts(dataset_dir, split: str, pooling: int, cache_dir):
     """Pooled shards of a split: from the cache when it fits, else decoded on the fly."""
     if cache_dir is not None and (pathlib.Path(cache_dir) / "cache.json").is_file():
-        loaded = load_pooled_split(cache_dir, split, dataset_dir)
-        if loaded.pooling == pooling:
-            yield {"plain": loaded.plain, "inverted": loaded.inverted, **loaded.labels}
+        if cache_pooling(cache_dir) == pooling:
+            # part by part: a split of a 2x2-pooled cache takes several GB
+            yield from iter_pooled_parts(cache_dir, split, dataset_dir)
             return
     yield from iter_pooled_shards(dataset_dir, split, pooling)
 
@@ -121,54 +129,6 @@ def _run_split(runner: _SplitRunner, dataset_dir, split: str, cache_dir, progres
                   file=sys.stderr, flush=True)
     return ({key: np.concatenate(value) for key, value in outputs.items()},
             {key: np.concatenate(value) for key, value in labels.items()})
-
-
-def fit_group_head(network: str, nu: int, train_features: np.ndarray, train_labels: dict,
-                   validation_features: np.ndarray, validation_labels: dict, *,
-                   epochs: int = 60, seed: int = 0):
-    """A head g for ν-groups on frozen features (see the module docstring).
-
-    Args:
-        network: ``"wo3_cluster_size"`` or ``"tio2_cluster_size"``.
-        nu: group size.
-        train_features, validation_features: (n, 112) f outputs of T's train / validation part.
-        train_labels, validation_labels: their labels (``theta``, ``theta_id``).
-        epochs: passes, each over freshly drawn disjoint groups.
-        seed: initialisation and group draws.
-
-    Returns:
-        ``(predict, validation_mae)``: a function (G, ν·112) → (G,) raw outputs, and the
-        validation MAE of the kept epoch.
-    """
-    import keras
-
-    from hagg_tf.networks.architecture import apply_head, network_spec
-
-    keras.utils.set_random_seed(seed)
-    column = network_spec(network).theta_column
-    inputs = keras.Input((nu * train_features.shape[1],))
-    head = keras.Model(inputs, apply_head(inputs, network_spec(network)))
-    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")
-    width = nu * train_features.shape[1]
-    validation_groups = disjoint_groups(validation_labels["theta_id"], nu, seed=seed)
-    validation_x = validation_features[validation_groups].reshape(len(validation_groups), width)
-    validation_y = validation_labels["theta"][validation_groups[:, 0], column]
-    best, best_weights = np.inf, head.get_weights()
-    for epoch in range(epochs):
-        groups = disjoint_groups(train_labels["theta_id"], nu, seed=seed * 100003 + epoch + 1)
-        if not len(groups):
-            raise ValueError(f"no θ of the train split has {nu} images")
-        head.fit(train_features[groups].reshape(len(groups), width),
-                 train_labels["theta"][groups[:, 0], column], batch_size=32, epochs=1,
-                 verbose=0)
-        if not len(validation_groups):
-            continue  # nothing to choose by: the last epoch is kept
-        mae = float(np.mean(np.abs(_predict(head, validation_x)[:, 0] - validation_y)))
-        if mae < best:
-            best, best_weights = mae, head.get_weights()
-    if len(validation_groups):
-        head.set_weights(best_weights)
-    return (lambda features: _predict(head, features)[:, 0]), best
 
 
 def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation", *,
@@ -200,7 +160,7 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
 
     import_tensorflow_quietly()
     models, description = load_networks(model)
-    runner = _SplitRunner(models)
+    runner = _SplitRunner(models, description.get("inverse_intensity_networks"))
     trained_nu = int(models["wo3_cluster_size"].input_shape[1])
     outputs, labels = _run_split(runner, dataset_dir, split, cache_dir, progress)
     arrays = {
@@ -234,10 +194,10 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
             (train_out, train_labels) = reference["train"]
             (validation_out, validation_labels) = reference["validation"]
             started = time.perf_counter()
-            predict, validation_mae = fit_group_head(
+            head, validation_mae = fit_group_head(
                 name, nu, train_out[f"features/{name}"], train_labels,
                 validation_out[f"features/{name}"], validation_labels, seed=seed)
-            arrays[f"{name}_pred_nu{nu}"] = predict(features)
+            arrays[f"{name}_pred_nu{nu}"] = _predict(head, features)[:, 0]
             info["group_heads"][f"{name}_nu{nu}"] = {
                 "how": "head g refitted on the frozen f of the trained network",
                 "validation_mae": (round(validation_mae, 4) if np.isfinite(validation_mae)

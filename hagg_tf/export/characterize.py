@@ -72,12 +72,13 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from hagg_tf.data.network_specs import MULTI_IMAGE_NETWORKS, SINGLE_IMAGE_NETWORKS
+from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, MULTI_IMAGE_NETWORKS,
+                                        SINGLE_IMAGE_NETWORKS, takes_inverse_intensities)
 from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, CLUSTER_HEAD_OUTPUTS,
                                       CLUSTER_HEADS_SIGNATURE, METADATA_FORMAT,
                                       PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, TIO2_FEATURES,
@@ -190,15 +191,18 @@ def stored_weights(weights: Mapping[str, np.ndarray], kernel_dtype: str = "float
             for key, value in weights.items()}
 
 
-def _network_settings(model) -> dict[str, Any]:
+def _network_settings(model, inverse_input: Optional[bool] = None) -> dict[str, Any]:
     """What the metadata records of a network besides its weights (the architecture rebuilds
-    it; batch-norm ε and the output activation describe it)."""
+    it; its input (None: the paper's), batch-norm ε and the output activation describe it)."""
     spec = network_spec(model.name)
+    if inverse_input is None:
+        inverse_input = takes_inverse_intensities(model.name)
     feature_extractor = get_feature_extractor(model)
     epsilons = [float(layer.epsilon) for layer in feature_extractor.layers
                 if hasattr(layer, "moving_variance")]
     settings = {"epsilon": epsilons, "activation": spec.output_activation,
                 "architecture": architecture_of(model).name,
+                INVERSE_INPUT_KEY: bool(inverse_input),
                 "input_shape": [None if size is None else int(size)
                                 for size in model.input_shape]}
     output_layer = get_head(model).layers[-1]
@@ -236,19 +240,33 @@ class _KerasNetwork(tf.Module):
     """
 
     def __init__(self, name: str, weights: Mapping[str, np.ndarray], settings: Mapping,
-                 image_size: int, num_images: int, kernel_dtype: str):
+                 image_size: int, num_images: int, kernel_dtype: str,
+                 earlier: Sequence["_KerasNetwork"] = ()):
         super().__init__(name=name)
         self.spec = network_spec(name)
         self.settings = dict(settings)
+        # Exports written before the setting existed are the paper's networks.
+        self.inverse_input = takes_inverse_intensities(name, self.settings)
         model = build_network(name, image_size, num_images,
                               architecture=self.settings.get("architecture",
                                                              DEFAULT_ARCHITECTURE))
         set_network_weights(model, weights)  # checks names and shapes
         keys = {id(variable): f"{layer.name}/{variable.name}"
                 for layer in _network_layers(model) for variable in layer.weights}
+        self.f_weights = [(f"{layer.name}/{variable.name}",
+                           np.asarray(weights[f"{layer.name}/{variable.name}"]))
+                          for layer in get_feature_extractor(model).layers
+                          for variable in layer.weights]
+        # The first earlier network with the same input and a bit-identical f (the shared
+        # backbone's copies): its f runs for this one too, and its variables hold f's weights,
+        # so that the SavedModel stores them once.
+        self.feature_source = next((other for other in earlier if self._same_f(other)), self)
+        shared = {} if self.feature_source is self else {
+            key: self.feature_source.weights[key] for key, _ in self.f_weights}
         # Keys keep the Keras layer/weight names so that the Keras model can be rebuilt.
         self.weights = {
-            key: tf.Variable(value, trainable=False, name=key.replace("/", "."))
+            key: shared[key] if key in shared else tf.Variable(
+                value, trainable=False, name=key.replace("/", "."))
             for key, value in sorted(stored_weights(
                 {key: weights[key] for key in keys.values()}, kernel_dtype).items())}
         self._keras = _KerasParts(model, get_feature_extractor(model), get_head(model), keys)
@@ -258,6 +276,15 @@ class _KerasNetwork(tf.Module):
             [None, image_size, image_size, 1], tf.float32, name="images")])
         self.head = tf.function(self._head, input_signature=[tf.TensorSpec(
             self._keras.head.input_shape, tf.float32, name="features")])
+
+    def _same_f(self, other: "_KerasNetwork") -> bool:
+        return (other.settings.get("architecture") == self.settings.get("architecture")
+                and other.inverse_input == self.inverse_input
+                and len(other.f_weights) == len(self.f_weights)
+                and all(key == other_key and value.shape == other_value.shape
+                        and np.array_equal(value, other_value)
+                        for (key, value), (other_key, other_value)
+                        in zip(self.f_weights, other.f_weights)))
 
     @property
     def keras_model(self):
@@ -338,9 +365,15 @@ class CharacterizeModule(tf.Module):
         self.num_levels = int(num_levels)
         self.inversion_threshold = float(inversion_threshold)
         self.classifier_threshold = float(classifier_threshold)
-        self.networks = {name: _KerasNetwork(name, weights[name], settings[name],
-                                             self.image_size, self.num_images, kernel_dtype)
-                         for name in NETWORK_ORDER}
+        self.networks = {}
+        for name in NETWORK_ORDER:
+            self.networks[name] = _KerasNetwork(name, weights[name], settings[name],
+                                                self.image_size, self.num_images, kernel_dtype,
+                                                earlier=list(self.networks.values()))
+        # Networks whose f is bit-identical (the shared backbone's five copies) and which take
+        # the same images share one pass of f per image, one for all five in characterize/3.
+        self.feature_source = {name: network.feature_source.name
+                               for name, network in self.networks.items()}
         size = self.image_size
         raw_spec = tf.TensorSpec([None, None, size, size], tf.float32, name=IMAGES_INPUT)
         dose_spec = tf.TensorSpec([None, None], tf.float32, name=DOSE_INPUT)
@@ -406,15 +439,21 @@ class CharacterizeModule(tf.Module):
         batch, available = shape[0], shape[1]
         images = {False: tf.reshape(plain, [-1, self.image_size, self.image_size, 1]),
                   True: tf.reshape(inverted, [-1, self.image_size, self.image_size, 1])}
+        computed = {}
+
+        def features_of(name):
+            source = self.networks[self.feature_source[name]]
+            if source.name not in computed:
+                computed[source.name] = source.features(images[source.inverse_input])
+            return computed[source.name]
+
         outputs = {}
         for name, key in PER_IMAGE_NETWORK_OUTPUTS.items():
-            network = self.networks[name]
-            values = network.head(network.features(images[network.spec.invert_intensities]))
+            values = self.networks[name].head(features_of(name))
             outputs[key] = tf.reshape(values, [batch, available])
         for name, key in CLUSTER_NETWORK_FEATURES.items():
-            network = self.networks[name]
-            features = network.features(images[network.spec.invert_intensities])
-            outputs[key] = tf.reshape(features, [batch, available, network.feature_dim])
+            outputs[key] = tf.reshape(features_of(name),
+                                      [batch, available, self.networks[name].feature_dim])
         return {key: outputs[key] for key in PER_IMAGE_OUTPUTS}
 
     def _cluster_head(self, name: str, stacks: tf.Tensor) -> tf.Tensor:
@@ -523,6 +562,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                               version: int = 1, *, kernel_dtype: str = "float16",
                               pixel_size_nm: Optional[float] = None,
                               model_card: Optional[dict] = None,
+                              inverse_intensity_networks: Optional[Sequence[str]] = None,
                               overwrite: bool = False) -> pathlib.Path:
     """Writes the composite SavedModel of the five networks.
 
@@ -537,6 +577,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
             resample other images to it (:mod:`hagg_tf.estimation.characterize` does).
         model_card: JSON-able description of the networks (training data, accuracy, status),
             stored in the metadata file and printed by ``hagg-characterize``.
+        inverse_intensity_networks: networks that take the 1/p images of Sec. 2.3.5; None:
+            the paper's choice (CNN^1). Recorded per network (``INVERSE_INPUT_KEY``).
         overwrite: replace an existing version directory.
 
     Returns:
@@ -556,7 +598,14 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
             raise FileExistsError(f"{version_dir} exists; pass overwrite=True to replace it")
         shutil.rmtree(version_dir)
     weights = {name: network_weights(models[name]) for name in NETWORK_ORDER}
-    settings = {name: _network_settings(models[name]) for name in NETWORK_ORDER}
+    if inverse_intensity_networks is None:
+        inverse_intensity_networks = [name for name in NETWORK_ORDER
+                                      if takes_inverse_intensities(name)]
+    unknown = sorted(set(inverse_intensity_networks) - set(NETWORK_ORDER))
+    if unknown:
+        raise ValueError(f"inverse_intensity_networks: unknown networks {unknown}")
+    settings = {name: _network_settings(models[name], name in inverse_intensity_networks)
+                for name in NETWORK_ORDER}
     module = CharacterizeModule(weights, settings, image_size, num_images, kernel_dtype)
     signatures = module.signatures()
     options = tf.saved_model.SaveOptions(
@@ -598,7 +647,10 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
         "pixel_size_nm": pixel_size_nm,
         "kernel_dtype": kernel_dtype,
         "preprocessing": {"num_levels": module.num_levels,
-                          "inversion_threshold": module.inversion_threshold},
+                          "inversion_threshold": module.inversion_threshold,
+                          "inverse_intensity_networks": [
+                              name for name in NETWORK_ORDER
+                              if module.networks[name].inverse_input]},
         "estimators": {
             "classifier_threshold": module.classifier_threshold,
             "subsets": "n = nu: the images in the given order; n > nu: the n cyclic windows "

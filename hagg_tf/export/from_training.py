@@ -12,7 +12,7 @@ import pathlib
 from typing import Optional
 
 # The five networks, in the composite's order (re-exported: the registry's NETWORK_NAMES).
-from hagg_tf.data.network_specs import NETWORK_NAMES
+from hagg_tf.data.network_specs import NETWORK_NAMES, inverse_intensity_networks
 from hagg_tf.model.io import write_json_atomic
 
 
@@ -127,13 +127,15 @@ def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "flo
 
 
 def _export(models, output, version, kernel_dtype, pixel_size, training, evaluate_dataset,
-            placeholder, overwrite, per_network, composite, litert=False) -> dict:
+            placeholder, overwrite, per_network, composite, litert=False,
+            inverse_intensity_networks=None, card_extra=None) -> dict:
     from hagg_tf.estimation.model import CharacterizeModel, METADATA_FILENAME
     from hagg_tf.export import export_network
     from hagg_tf.export.characterize import export_characterize_model
 
     written = {}
-    card = {"status": "placeholder" if placeholder else "trained", "training": training}
+    card = {"status": "placeholder" if placeholder else "trained", "training": training,
+            **(card_extra or {})}
     if training:
         epochs = [info.get("final_epoch") for info in training.values()]
         images = sum(info.get("images_seen") or 0 for info in training.values())
@@ -151,6 +153,8 @@ def _export(models, output, version, kernel_dtype, pixel_size, training, evaluat
         version_dir = export_characterize_model(models, output, version,
                                                 kernel_dtype=kernel_dtype,
                                                 pixel_size_nm=pixel_size, model_card=card,
+                                                inverse_intensity_networks=(
+                                                    inverse_intensity_networks),
                                                 overwrite=overwrite)
         written["composite"] = version_dir
         if evaluate_dataset:
@@ -208,5 +212,98 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
     card = dict(metadata.get("model_card") or {})
     written = _export(models, output, version, kernel_dtype, metadata.get("pixel_size_nm"),
                       card.get("training", {}), None, card.get("status") == "placeholder",
-                      overwrite, per_network, composite, litert)
+                      overwrite, per_network, composite, litert,
+                      sorted(inverse_intensity_networks(metadata)),
+                      {key: value for key, value in card.items()
+                       if key not in ("status", "training")})
+    return written
+
+
+def backbone_training_log_markdown(run) -> str:
+    """The training log of a shared-backbone run: its settings, per-epoch losses and the
+    ν-image heads (:mod:`hagg_tf.training.multitask`).
+
+    Args:
+        run: the run directory (``training.json``, ``history.csv``).
+    """
+    from hagg_tf.training.multitask import read_backbone_history
+
+    run = pathlib.Path(run)
+    info = json.loads((run / "training.json").read_text())
+    config = info.get("config", {})
+    rows = read_backbone_history(run)
+    columns = [key for key in (rows[0] if rows else {}) if key != "epoch"]
+    heads = info.get("stack_heads") or {}
+    calibration = info.get("calibration") or {}
+    lines = ["# Training log of the shipped networks", "",
+             "One feature extractor f shared by the five networks, trained on every per-image "
+             "task at once, then the ν-image heads of CNN^0 and CNN^1 on the frozen f "
+             "(`hagg_tf.training.multitask`). Generated from the run's `training.json` and "
+             "`history.csv` by `hagg-export-models --backbone=...`.", "",
+             f"- pooled cache: `{config.get('pooled_cache')}`; architecture "
+             f"`{config.get('architecture')}`; {info.get('parameters')} parameters in the "
+             "backbone model",
+             f"- {info.get('train_records')} training and {info.get('validation_records')} "
+             "validation images; batch size "
+             f"{config.get('batch_size')}; Adam, peak learning rate {config.get('learning_rate')} "
+             f"with cosine decay over {config.get('epochs')} epochs; seed {config.get('seed')}",
+             f"- loss weights: {info.get('loss_weights')}",
+             f"- status {info.get('status')}, {info.get('epochs_done')} epochs, "
+             f"{(info.get('wall_s_total') or 0) / 60:.1f} min wall in all; hardware: "
+             f"{info.get('hardware')}",
+             "- batch-norm re-estimation of the final model from "
+             f"{calibration.get('batches')} training batches, per-image validation "
+             "metrics before → after: " + ", ".join(
+                 f"{key} {before:.3f} → {(calibration.get('after') or {}).get(key, 0):.3f}"
+                 for key, before in (calibration.get("before") or {}).items()),
+             f"- ν-image heads: {heads.get('epochs')} epochs each, validation MAE "
+             + ", ".join(f"{name} " + ("n/a" if value is None else f"{value:.3f}")
+                         for name, value in (heads.get("validation_mae") or {}).items()), "",
+             "| epoch | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {int(row['epoch']) + 1} | " + " | ".join(f"{row[key]:.4f}" for key in columns)
+              + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def export_from_backbone(run, output, *, dataset=None, version: int = 1,
+                         kernel_dtype: str = "float32", evaluate_dataset=None,
+                         overwrite: bool = False, per_network: bool = False,
+                         composite: bool = True, litert: bool = False) -> dict:
+    """Exports the five networks of a shared-backbone run as a composite characterize model.
+
+    Every network holds a copy of the shared f; all five take the plain preprocessing (none
+    the 1/p images), which the export records per network. ``TRAINING.md`` is written beside it.
+
+    Args:
+        run: run directory of :func:`hagg_tf.training.multitask.train_backbone` whose ν-image
+            heads are trained (:func:`~hagg_tf.training.multitask.train_stack_heads`).
+        output: export base (``<output>/characterize/<version>``).
+        dataset: the database the run was trained on (pixel size and the model card).
+        version, kernel_dtype, evaluate_dataset, overwrite, per_network, composite, litert:
+            as for :func:`export_from_runs`.
+
+    Returns:
+        As :func:`export_from_runs`.
+    """
+    from hagg_tf.data import load_manifest
+    from hagg_tf.training.multitask import networks_from_backbone
+    from hagg_tf.training.trainer import pixel_size_of
+
+    run = pathlib.Path(run)
+    info = json.loads((run / "training.json").read_text())
+    config = info["config"]
+    models = networks_from_backbone(run, int(config["image_size"]), int(config["num_images"]),
+                                    config["architecture"])
+    pixel_size = pixel_size_of(load_manifest(dataset)) if dataset is not None else None
+    training = {"shared_backbone": {
+        "dataset": None if dataset is None else str(dataset),
+        "architecture": config["architecture"], "final_epoch": info.get("epochs_done"),
+        "images_seen": (info.get("epochs_done") or 0) * (info.get("train_records") or 0),
+        "wall_s_total": info.get("wall_s_total"), "status": info.get("status"),
+        "hardware": info.get("hardware"), "stack_heads": info.get("stack_heads")}}
+    written = _export(models, output, version, kernel_dtype, pixel_size, training,
+                      evaluate_dataset, False, overwrite, per_network, composite, litert,
+                      inverse_intensity_networks=[])
+    if composite:
+        (written["composite"] / TRAINING_LOG).write_text(backbone_training_log_markdown(run))
     return written

@@ -150,7 +150,7 @@ def epoch_plan(split: PooledSplit, network: str, batch_size: int, seed: int, epo
     return [samples[start:start + batch_size] for start in range(0, len(samples), batch_size)]
 
 
-def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def random_symmetry(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random element of the square's symmetry group per image (uniform over all 8)."""
     out = np.empty_like(images)
     turns = rng.integers(0, 4, size=len(images))
@@ -194,7 +194,7 @@ def make_batches(keras, split: PooledSplit, network: str, batch_size: int, seed:
             images = split.inputs(flat, inverted=inverted)
             if training:
                 rng = np.random.default_rng([int(seed), self.epoch, int(index), 0x41554720])
-                images = _augment(images, rng)
+                images = random_symmetry(images, rng)
             if spec.multi_image:
                 images = images.reshape(rows.shape + images.shape[1:])
                 targets = split.labels["theta"][rows[:, 0], spec.theta_column]
@@ -228,6 +228,21 @@ def recalibrate_batch_norm(model, twin, batches, max_batches: int) -> int:
 
     layers = [layer for layer in get_feature_extractor(model).layers
               if isinstance(layer, keras.layers.BatchNormalization)]
+    return recalibrate_batch_norm_layers(layers, twin, batches, max_batches)
+
+
+def recalibrate_batch_norm_layers(layers, forward, batches, max_batches: int) -> int:
+    """Sets the moving averages of batch-norm ``layers`` to their mean batch statistics.
+
+    Args:
+        layers: BatchNormalization layers.
+        forward: a model through which ``batches``' inputs reach those layers.
+        batches: indexable batches ``(inputs, targets)``.
+        max_batches: batches to average (spread evenly over ``batches``).
+
+    Returns:
+        The number of batches used.
+    """
     momenta = [layer.momentum for layer in layers]
     picks = np.unique(np.linspace(0, len(batches) - 1, min(max_batches, len(batches))).astype(int))
     try:
@@ -235,7 +250,7 @@ def recalibrate_batch_norm(model, twin, batches, max_batches: int) -> int:
             # momentum k/(k+1) at the k-th batch makes the moving value the running mean.
             for layer in layers:
                 layer.momentum = count / (count + 1)
-            twin(batches[int(index)][0], training=True)
+            forward(batches[int(index)][0], training=True)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum

@@ -431,7 +431,7 @@ def _callbacks(keras, model, output_dir: pathlib.Path, monitor: str, config: Tra
     callbacks.append(ResumableEarlyStopping(monitor=monitor, mode="min", patience=config.patience))
     # Last among the built-ins: its on_train_begin restores the weights and sets the initial
     # epoch, and its on_epoch_end runs after the history row has been written.
-    callbacks.append(_backup_callback(keras, output_dir / BACKUP, config.backup_every_steps))
+    callbacks.append(backup_callback(keras, output_dir / BACKUP, config.backup_every_steps))
     callbacks.append(meter)
     if config.reduce_lr_patience is not None:
         # After the built-ins: it reads the validation loss a source callback may have logged.
@@ -465,7 +465,7 @@ def _save_best_callback(keras, model, path: pathlib.Path, monitor: str,
     return SaveBestFullNetwork()
 
 
-def _backup_callback(keras, backup_dir: pathlib.Path, backup_every_steps: Optional[int]):
+def backup_callback(keras, backup_dir: pathlib.Path, backup_every_steps: Optional[int]):
     """``BackupAndRestore`` whose ``"epoch"`` entry is always the number of finished epochs.
 
     Keras' step backups (``save_freq=N``) write ``{"epoch": e, "batch": b}`` with e the epoch in

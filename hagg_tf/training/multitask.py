@@ -1,0 +1,506 @@
+"""One shared feature extractor f for all five networks, trained on every per-image task at once.
+
+The paper trains five networks with five feature extractors (Sec. 2.3.2–2.3.5). On 2 CPU cores
+that leaves each one a fifth of the budget, and CNN^1, trained alone on inverse-intensity images,
+learned a constant (docs/learning.md). This module trains **one** f on pooled images with five
+per-image heads g (dense 44 + dense 1 + the network's output activation, Table 3 layers 18–19):
+
+* CNN^Df: D_f(A) of the imaged aggregate, MSE (Eq. 12);
+* CNN^ρ_reg: ρ(A), MSE;
+* CNN^ρ_class: ρ(A) ∈ {0, 1}, binary cross-entropy;
+* auxiliary θ_0 and θ_1: the sample's primary cluster sizes, regressed from one image (MSE).
+  They make f carry what the ν-image heads need; their per-image outputs are not used.
+
+The multi-image networks CNN^0 and CNN^1 then get their ν-image head (Eq. 15: the ν feature
+vectors concatenated, dense 44, dense 1, ReLU) trained on the *frozen* features f(I) of the
+training images (:func:`train_stack_heads`): f runs once per image, so the heads see tens of
+thousands of random ν-subsets per second.
+
+Every image enters as the plain preprocessing (scaling to [-0.5, 0.5], 256 levels) after the
+detector's dark level is subtracted, CNN^1's included: the paper's 1/p transform needs a zero
+background and breaks on a carbon film or a dark offset (README, "Robustness"), while a network
+trained on the realistic database learns the TiO2 contrast from the plain image.
+
+:func:`networks_from_backbone` turns the trained backbone and heads into the five ordinary Keras
+networks of :func:`hagg_tf.networks.build_network` (each holding a copy of f), which
+:func:`hagg_tf.export.characterize.export_characterize_model` exports unchanged.
+
+Runs are resumable: ``BackupAndRestore`` at every epoch end, the history in ``history.csv``; a
+rerun of the same :class:`BackboneConfig` continues, a finished one returns at once.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Optional, Union
+
+import numpy as np
+
+from hagg_tf.data.network_specs import (DEFAULT_NUM_IMAGES, MULTI_IMAGE_NETWORKS, NETWORK_NAMES,
+                                        SINGLE_IMAGE_NETWORKS, network_spec)
+from hagg_tf.jsonsafe import json_safe
+from hagg_tf.model.io import write_json_atomic
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
+from hagg_tf.training.trainer import (BACKUP, BEST_MODEL, HISTORY, LAST_MODEL, SUMMARY,
+                                      TrainingError, backup_callback, hardware_description)
+
+#: Weight of every task's loss in the backbone's total loss. The regressors' MSEs are scaled up
+#: by about the inverse variance of their targets (D_f and ρ span ~1, the cluster sizes 1–6),
+#: so that no task dominates the shared features.
+LOSS_WEIGHTS = {"fractal_dimension": 10.0, "mixing_ratio_regressor": 10.0,
+                "mixing_ratio_classifier": 1.0, "wo3_cluster_size": 0.3,
+                "tio2_cluster_size": 0.3}
+#: Name of the backbone model's stored feature extractor.
+BACKBONE_F = "shared_f"
+#: The final backbone with re-estimated batch-norm statistics (:func:`calibrate_backbone`).
+CALIBRATED_MODEL = "calibrated.keras"
+#: Training batches averaged by the batch-norm re-estimation.
+CALIBRATION_BATCHES = 64
+#: File of the ν-image heads' weights in a run directory.
+STACK_HEADS = "stack_heads.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    """One shared-backbone run (written to ``training.json`` with :func:`dataclasses.asdict`).
+
+    Attributes:
+        pooled_cache: pooled cache (:mod:`hagg_tf.data.pooled`) whose pooling is the
+            architecture's input pooling.
+        output: run directory.
+        architecture: feature extractor (:data:`hagg_tf.networks.ARCHITECTURES`).
+        image_size: side of the database's images, pixels.
+        epochs: epochs of the backbone.
+        batch_size: images per step.
+        learning_rate: peak Adam learning rate; cosine decay to 5 % over ``epochs``.
+        seed: seed of initialisation, shuffling and augmentation.
+        max_wall_seconds: stop after the first epoch that ends past this many seconds of this
+            call; a rerun resumes.
+        steps_per_epoch: cut every epoch to this many steps (tests); default a full pass.
+        num_images: ν of the multi-image networks.
+        stack_epochs: epochs of the ν-image heads on frozen features (each over freshly drawn
+            disjoint ν-groups).
+    """
+
+    pooled_cache: str
+    output: str
+    architecture: str = "fine"
+    image_size: int = 512
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 0
+    max_wall_seconds: Optional[float] = None
+    steps_per_epoch: Optional[int] = None
+    num_images: int = DEFAULT_NUM_IMAGES
+    stack_epochs: int = 60
+
+    def __post_init__(self):
+        for name in ("pooled_cache", "output"):
+            object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if self.epochs < 1 or self.batch_size < 1 or self.num_images < 1:
+            raise TrainingError("epochs, batch_size and num_images must be at least 1")
+
+
+def per_image_targets(labels: dict) -> dict[str, np.ndarray]:
+    """The per-image target of every task, ``{network name: (n,) float32}``.
+
+    Single-image networks: their image label (a descriptor of the imaged aggregate); multi-image
+    networks: their θ column of the image's configuration (the auxiliary tasks).
+    """
+    targets = {}
+    for name in NETWORK_NAMES:
+        spec = network_spec(name)
+        values = (labels["theta"][:, spec.theta_column] if spec.multi_image
+                  else labels[spec.image_label])
+        targets[name] = np.asarray(values, dtype=np.float32)
+    return targets
+
+
+def build_head(name: str, input_dim: int, keras):
+    """The head g of network ``name`` as a model ``(m, input_dim) → (m, 1)`` (Table 3, 18–19)."""
+    from hagg_tf.networks.architecture import apply_head
+
+    features = keras.Input((int(input_dim),), name=f"{name}_features")
+    return keras.Model(features, apply_head(features, network_spec(name)), name=f"g_{name}")
+
+
+def build_backbone_model(architecture: str, image_size: int, keras):
+    """The multi-task model: pooled images ``(S, S, 1)`` → ``{network name: (b, 1)}``.
+
+    Returns:
+        ``(model, donor)``: ``donor`` is a network of :func:`hagg_tf.networks.build_network`
+        whose f (pooling included) shares every weight with the model's f.
+    """
+    from hagg_tf import networks
+    from hagg_tf.training.pooled import pooled_feature_extractor
+
+    donor = networks.build_network(NETWORK_NAMES[0], image_size, architecture=architecture)
+    features_of = pooled_feature_extractor(donor, keras)
+    side = int(features_of.input_shape[1])
+    inputs = keras.Input((side, side, 1), name="pooled_images")
+    features = features_of(inputs)
+    dim = int(features_of.output_shape[-1])
+    outputs = {name: build_head(name, dim, keras)(features) for name in NETWORK_NAMES}
+    return keras.Model(inputs, outputs, name="shared_backbone"), donor
+
+
+def _cosine_rate(config: BackboneConfig, epoch: int) -> float:
+    progress = min(1.0, epoch / max(1, config.epochs - 1))
+    return float(config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))))
+
+
+def _batches(keras, split, config: BackboneConfig, training: bool):
+    from hagg_tf.training.pooled import random_symmetry
+
+    targets = per_image_targets(split.labels)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+            self.order = self._order()
+
+        def _order(self):
+            if not training:
+                return np.arange(len(split))
+            return np.random.default_rng([config.seed, self.epoch, 0x5348]).permutation(len(split))
+
+        def set_epoch(self, epoch: int):
+            self.epoch = int(epoch)
+            self.order = self._order()
+
+        def __len__(self):
+            steps = math.ceil(len(split) / config.batch_size)
+            return min(steps, config.steps_per_epoch) if training and config.steps_per_epoch \
+                else steps
+
+        def __getitem__(self, index):
+            rows = np.sort(self.order[index * config.batch_size:(index + 1) * config.batch_size])
+            images = split.inputs(rows)
+            if training:
+                rng = np.random.default_rng([config.seed, self.epoch, int(index), 0x41554720])
+                images = random_symmetry(images, rng)
+            return images, {name: values[rows, np.newaxis] for name, values in targets.items()}
+
+    return Batches()
+
+
+def read_backbone_history(output: Union[str, os.PathLike]) -> list[dict]:
+    """The rows of a backbone run's ``history.csv`` (floats), oldest first."""
+    path = pathlib.Path(output) / HISTORY
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
+    """Trains (or resumes) the shared backbone and its per-image heads; see the module docstring.
+
+    Returns:
+        The run summary (also ``<output>/training.json``).
+
+    Raises:
+        TrainingError: a missing cache or an output directory of another run.
+    """
+    import_tensorflow_quietly()
+    import keras
+
+    from hagg_tf.data import DatasetError
+    from hagg_tf.data.pooled import load_pooled_split
+
+    output = pathlib.Path(config.output)
+    summary_path = output / SUMMARY
+    settings = dataclasses.asdict(config)
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("config") != settings:
+            raise TrainingError(f"{output} holds another run ({summary_path}); use another "
+                                "output directory")
+        if summary.get("status") == "complete":
+            return summary
+    try:
+        train_split = load_pooled_split(config.pooled_cache, "train")
+        validation_split = load_pooled_split(config.pooled_cache, "validation")
+    except DatasetError as error:
+        raise TrainingError(str(error)) from None
+    output.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    keras.utils.set_random_seed(config.seed)
+    model, donor = build_backbone_model(config.architecture, config.image_size, keras)
+    losses = {name: network_spec(name).loss for name in NETWORK_NAMES}
+    metrics = {name: ["accuracy" if network_spec(name).is_classifier else "mae"]
+               for name in NETWORK_NAMES}
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=losses,
+                  loss_weights=LOSS_WEIGHTS, metrics=metrics)
+    train_batches = _batches(keras, train_split, config, training=True)
+    validation_batches = _batches(keras, validation_split, config, training=False)
+    started = time.perf_counter()
+
+    class EpochState(keras.callbacks.Callback):
+        """Shuffles by epoch number (so a resumed run draws the same batches) and stops when
+        the wall budget is spent."""
+
+        exhausted = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            train_batches.set_epoch(epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if config.max_wall_seconds is not None and \
+                    time.perf_counter() - started > config.max_wall_seconds:
+                self.exhausted = True
+                self.model.stop_training = True
+
+    state = EpochState()
+    history_rows = read_backbone_history(output)
+    best_loss = min((row["val_loss"] for row in history_rows), default=math.inf)
+
+    class SaveBest(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal best_loss
+            if logs and logs.get("val_loss", math.inf) < best_loss:
+                best_loss = float(logs["val_loss"])
+                _save(model, output / BEST_MODEL)
+
+    write_json_atomic(summary_path, json_safe({
+        "config": settings, "status": "running", "hardware": hardware_description(),
+        "train_records": len(train_split), "validation_records": len(validation_split),
+        "parameters": int(model.count_params()), "loss_weights": LOSS_WEIGHTS,
+        "wall_s_total": previous.get("wall_s_total", 0.0)}))
+    # The backup survives a budget stop (fit ends normally then), so that a rerun resumes.
+    callbacks = [backup_callback(keras, output / BACKUP, None), state,
+                 keras.callbacks.LearningRateScheduler(lambda epoch: _cosine_rate(config, epoch)),
+                 keras.callbacks.CSVLogger(str(output / HISTORY), append=True), SaveBest()]
+    model.fit(train_batches, validation_data=validation_batches, epochs=config.epochs,
+              callbacks=callbacks, verbose=verbose)
+    wall = time.perf_counter() - started
+    _save(model, output / LAST_MODEL)
+    rows = read_backbone_history(output)
+    summary = {
+        "config": settings, "status": "budget" if state.exhausted and len(rows) < config.epochs
+        else "complete", "hardware": hardware_description(),
+        "train_records": len(train_split), "validation_records": len(validation_split),
+        "parameters": int(model.count_params()), "loss_weights": LOSS_WEIGHTS,
+        "epochs_done": len(rows), "wall_s_last_call": round(wall, 1),
+        "wall_s_total": round(float(previous.get("wall_s_total") or 0.0) + wall, 1),
+        "best_val_loss": best_loss, "history_last": rows[-1] if rows else None}
+    write_json_atomic(summary_path, json_safe(summary))
+    return summary
+
+
+def _save(model, path: pathlib.Path) -> None:
+    partial = path.with_name(f".{path.stem}.partial.keras")
+    model.save(partial)
+    os.replace(partial, path)
+
+
+def load_backbone(output: Union[str, os.PathLike], which: str = "calibrated"):
+    """The trained multi-task model of a run: ``"calibrated"`` (default, see
+    :func:`calibrate_backbone`), ``"best"`` (by validation loss) or ``"last"``."""
+    import_tensorflow_quietly()
+    import keras
+
+    from hagg_tf.networks import layers  # noqa: F401  (registers the custom layers)
+
+    files = {"calibrated": CALIBRATED_MODEL, "best": BEST_MODEL, "last": LAST_MODEL}
+    if which not in files:
+        raise ValueError(f"which must be one of {sorted(files)}, got {which!r}")
+    path = pathlib.Path(output) / files[which]
+    if not path.is_file():
+        raise TrainingError(f"{path}: no trained backbone")
+    return keras.saving.load_model(path, compile=False)
+
+
+def validation_metrics(model, split, batch_size: int = 64) -> dict[str, float]:
+    """Per-image MAE of every regression head and accuracy of the classifier on ``split``."""
+    targets = per_image_targets(split.labels)
+    outputs = {name: [] for name in NETWORK_NAMES}
+    for start in range(0, len(split), batch_size):
+        rows = np.arange(start, min(len(split), start + batch_size))
+        for name, value in model(split.inputs(rows), training=False).items():
+            outputs[name].append(np.asarray(value)[:, 0])
+    metrics = {}
+    for name in NETWORK_NAMES:
+        values = np.concatenate(outputs[name])
+        spec = network_spec(name)
+        if spec.is_classifier:
+            metrics[f"{name}_accuracy"] = float(np.mean(
+                (values > spec.classifier_threshold) == (targets[name] > 0.5)))
+        else:
+            metrics[f"{name}_mae"] = float(np.mean(np.abs(values - targets[name])))
+    return metrics
+
+
+def calibrate_backbone(config: BackboneConfig) -> dict:
+    """Re-estimates the shared f's batch-norm statistics of the final epoch's model.
+
+    Keras' moving averages (momentum 0.99) lag behind weights trained at a learning rate of
+    1e-3; the final model's moving statistics are replaced by the mean batch statistics of
+    :data:`CALIBRATION_BATCHES` training batches under its final weights
+    (:func:`hagg_tf.training.pooled.recalibrate_batch_norm_layers`). Writes
+    ``calibrated.keras`` and the validation metrics before and after into ``training.json``.
+
+    Returns:
+        ``{"before": metrics, "after": metrics}`` (:func:`validation_metrics`).
+    """
+    import_tensorflow_quietly()
+    import keras
+
+    from hagg_tf.data.pooled import load_pooled_split
+    from hagg_tf.training.pooled import recalibrate_batch_norm_layers
+
+    output = pathlib.Path(config.output)
+    model = load_backbone(output, "last")
+    feature_extractor, _ = backbone_parts(model)
+    validation = load_pooled_split(config.pooled_cache, "validation")
+    before = validation_metrics(model, validation)
+    batches = _batches(keras, load_pooled_split(config.pooled_cache, "train"), config,
+                       training=True)
+    batches.set_epoch(config.epochs)  # batches of no training epoch
+    layers = [layer for layer in feature_extractor.layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    used = recalibrate_batch_norm_layers(layers, feature_extractor, batches, CALIBRATION_BATCHES)
+    after = validation_metrics(model, validation)
+    _save(model, output / CALIBRATED_MODEL)
+    report = {"batches": used, "before": before, "after": after}
+    summary_path = output / SUMMARY
+    summary = json.loads(summary_path.read_text())
+    summary["calibration"] = report
+    write_json_atomic(summary_path, json_safe(summary))
+    return report
+
+
+def backbone_parts(model):
+    """``(f, {network name: head})`` of a multi-task model of :func:`build_backbone_model`."""
+    heads = {name: model.get_layer(f"g_{name}") for name in NETWORK_NAMES}
+    feature_extractor = next(layer for layer in model.layers
+                             if layer.name.endswith("_pooled_f"))
+    return feature_extractor, heads
+
+
+def pooled_features(feature_extractor, split, batch_size: int = 64) -> np.ndarray:
+    """f(I) of every image of a pooled split, ``(n, F)`` float32 (inference mode)."""
+    parts = []
+    for start in range(0, len(split), batch_size):
+        rows = np.arange(start, min(len(split), start + batch_size))
+        parts.append(np.asarray(feature_extractor(split.inputs(rows), training=False)))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def train_stack_heads(config: BackboneConfig) -> dict:
+    """Trains the ν-image heads of CNN^0 and CNN^1 on the frozen shared f (module docstring).
+
+    Uses :func:`hagg_tf.training.group_heads.fit_group_head` on f(I) of the train and
+    validation splits; writes ``<output>/stack_heads.npz`` (the heads' weights, atomically) and
+    records the validation MAEs in ``training.json``.
+
+    Returns:
+        ``{network name: validation MAE of the kept epoch}``.
+    """
+    import_tensorflow_quietly()
+
+    from hagg_tf.data.pooled import load_pooled_split
+    from hagg_tf.training.group_heads import fit_group_head
+
+    output = pathlib.Path(config.output)
+    feature_extractor, _ = backbone_parts(load_backbone(output))
+    splits = {name: load_pooled_split(config.pooled_cache, name)
+              for name in ("train", "validation")}
+    features = {name: pooled_features(feature_extractor, split) for name, split in splits.items()}
+    weights, report = {}, {}
+    for name in MULTI_IMAGE_NETWORKS:
+        head, mae = fit_group_head(name, config.num_images, features["train"],
+                                   splits["train"].labels, features["validation"],
+                                   splits["validation"].labels, epochs=config.stack_epochs,
+                                   seed=config.seed)
+        weights.update({f"{name}/{index}": value
+                        for index, value in enumerate(head.get_weights())})
+        report[name] = mae
+    partial = output / f".{STACK_HEADS}.partial.npz"
+    np.savez(partial, **weights)
+    os.replace(partial, output / STACK_HEADS)
+    summary_path = output / SUMMARY
+    summary = json.loads(summary_path.read_text())
+    summary["stack_heads"] = {"validation_mae": report, "epochs": config.stack_epochs,
+                              "how": "fit_group_head on the frozen shared f"}
+    write_json_atomic(summary_path, json_safe(summary))
+    return report
+
+
+def networks_from_backbone(output: Union[str, os.PathLike], image_size: int = 512,
+                           num_images: int = DEFAULT_NUM_IMAGES, architecture: str = "fine"):
+    """The five Keras networks (:func:`hagg_tf.networks.build_network`) of a finished run.
+
+    Every network gets a copy of the shared f; the single-image networks the backbone's
+    heads, the multi-image networks the ν-image heads of :func:`train_stack_heads`.
+
+    Returns:
+        ``{network name: keras.Model}`` in :data:`NETWORK_NAMES` order.
+    """
+    import_tensorflow_quietly()
+    from hagg_tf import networks
+    from hagg_tf.networks.architecture import get_head
+
+    output = pathlib.Path(output)
+    model = load_backbone(output)
+    feature_extractor, heads = backbone_parts(model)
+    path = output / STACK_HEADS
+    if not path.is_file():
+        raise TrainingError(f"{path}: the ν-image heads are not trained (train_stack_heads)")
+    with np.load(path) as data:
+        stack_weights = {key: data[key] for key in data.files}
+    result = {}
+    for name in NETWORK_NAMES:
+        network = networks.build_network(name, image_size, num_images,
+                                         architecture=architecture)
+        networks.get_feature_extractor(network).set_weights(feature_extractor.get_weights())
+        head = get_head(network)
+        if name in SINGLE_IMAGE_NETWORKS:
+            head.set_weights(heads[name].get_weights())
+        else:
+            count = len(head.get_weights())
+            head.set_weights([stack_weights[f"{name}/{index}"] for index in range(count)])
+        result[name] = network
+    return result
+
+
+def train_shared_networks(config: BackboneConfig, dataset: Optional[Union[str, os.PathLike]]
+                          = None, *, workers: int = 2, verbose: int = 2) -> dict:
+    """The whole recipe, resumable at every stage: pooled cache, backbone, batch-norm
+    calibration, ν-image heads.
+
+    Args:
+        config: the run.
+        dataset: database to build (or complete) ``config.pooled_cache`` from; None: the cache
+            must exist.
+        workers: processes decoding the database's shards.
+        verbose: Keras verbosity of the backbone's ``fit``.
+
+    Returns:
+        The run's ``training.json``. Its ``status`` is ``"budget"`` when the wall budget ended
+        the call before the last epoch (rerun to continue), else ``"complete"``, with the
+        calibration and the heads' validation MAE.
+    """
+    from hagg_tf.data.pooled import build_pooled_cache
+    from hagg_tf.networks.architecture import get_architecture
+
+    if dataset is not None:
+        build_pooled_cache(dataset, config.pooled_cache,
+                           get_architecture(config.architecture).input_pooling,
+                           workers=workers, progress=verbose > 0)
+    summary = train_backbone(config, verbose=verbose)
+    if summary.get("status") != "complete":
+        return summary
+    output = pathlib.Path(config.output)
+    if not (output / CALIBRATED_MODEL).is_file():
+        calibrate_backbone(config)
+    if not (output / STACK_HEADS).is_file():
+        train_stack_heads(config)
+    return json.loads((output / SUMMARY).read_text())

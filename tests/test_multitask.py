@@ -1,0 +1,189 @@
+"""The shared backbone (hagg_tf.training.multitask) and its export as the five networks."""
+import json
+
+import numpy as np
+import pytest
+
+from hagg_tf.tensorflow_import import import_tensorflow_quietly
+
+tf = import_tensorflow_quietly()
+import keras  # noqa: E402
+
+from hagg_tf import networks  # noqa: E402
+from hagg_tf.networks.architecture import get_head  # noqa: E402
+from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, NETWORK_NAMES,  # noqa: E402
+                                        SINGLE_IMAGE_NETWORKS, inverse_intensity_networks)
+from hagg_tf.data.pooled import load_pooled_split  # noqa: E402
+from hagg_tf.training import TrainingError  # noqa: E402
+from hagg_tf.training import multitask  # noqa: E402
+from hagg_tf.training.multitask import (BackboneConfig, backbone_parts,  # noqa: E402
+                                        calibrate_backbone, load_backbone, networks_from_backbone,
+                                        per_image_targets, read_backbone_history,
+                                        train_backbone, train_stack_heads)
+
+NU = 3
+
+
+def _config(cache, output, **overrides):
+    settings = dict(architecture="fine", image_size=networks.minimum_image_size("fine"),
+                    epochs=2, batch_size=4, steps_per_epoch=2, num_images=NU, stack_epochs=2)
+    settings.update(overrides)
+    return BackboneConfig(str(cache), str(output), **settings)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_fine_cache, tmp_path_factory):
+    """A finished two-epoch run with its ν-image heads."""
+    _, cache = tiny_fine_cache
+    config = _config(cache, tmp_path_factory.mktemp("backbone") / "run")
+    summary = train_backbone(config, verbose=0)
+    calibrate_backbone(config)
+    train_stack_heads(config)
+    return config, summary
+
+
+def test_targets_are_the_image_labels_and_the_theta_columns(tiny_fine_cache):
+    _, cache = tiny_fine_cache
+    split = load_pooled_split(cache, "train")
+    targets = per_image_targets(split.labels)
+    assert list(targets) == list(NETWORK_NAMES)
+    np.testing.assert_array_equal(targets["fractal_dimension"],
+                                  split.labels["fractal_dimension"].astype(np.float32))
+    np.testing.assert_array_equal(targets["mixing_ratio_classifier"],
+                                  split.labels["homogeneous"].astype(np.float32))
+    np.testing.assert_array_equal(targets["tio2_cluster_size"],
+                                  split.labels["theta"][:, 3].astype(np.float32))
+
+
+def test_run_completes_and_a_rerun_does_nothing(trained):
+    config, summary = trained
+    assert summary["status"] == "complete" and summary["epochs_done"] == 2
+    assert [row["epoch"] for row in read_backbone_history(config.output)] == [0, 1]
+    again = train_backbone(config, verbose=0)
+    assert again == json.loads((__import__("pathlib").Path(config.output)
+                                / "training.json").read_text())
+    assert len(read_backbone_history(config.output)) == 2
+    with pytest.raises(TrainingError, match="another run"):
+        train_backbone(_config(config.pooled_cache, config.output, epochs=3), verbose=0)
+
+
+def test_a_run_out_of_budget_resumes_where_it_stopped(tiny_fine_cache, tmp_path):
+    _, cache = tiny_fine_cache
+    config = _config(cache, tmp_path / "run", max_wall_seconds=0.0)
+    first = train_backbone(config, verbose=0)
+    assert first["status"] == "budget" and first["epochs_done"] == 1
+    second = train_backbone(config, verbose=0)
+    assert second["epochs_done"] == 2
+    assert [row["epoch"] for row in read_backbone_history(config.output)] == [0, 1]
+
+
+def test_the_five_networks_are_the_backbone_and_its_heads(trained, tiny_fine_cache):
+    config, _ = trained
+    models = networks_from_backbone(config.output, config.image_size, NU, "fine")
+    model = load_backbone(config.output)
+    feature_extractor, heads = backbone_parts(model)
+    size = config.image_size
+    rng = np.random.default_rng(0)
+    images = (rng.integers(0, 256, (NU, size, size, 1)) / 255 - 0.5).astype(np.float32)
+    pooled = images.reshape(NU, size // 2, 2, size // 2, 2, 1).mean(axis=(2, 4))
+    backbone_outputs = model(pooled, training=False)
+    for name in SINGLE_IMAGE_NETWORKS:
+        np.testing.assert_allclose(np.asarray(models[name](images, training=False)),
+                                   np.asarray(backbone_outputs[name]), atol=2e-5)
+    features = np.asarray(feature_extractor(pooled, training=False)).reshape(1, -1)
+    with np.load(f"{config.output}/stack_heads.npz") as stored:
+        head = get_head(models["tio2_cluster_size"])
+        np.testing.assert_array_equal(head.get_weights()[0], stored["tio2_cluster_size/0"])
+    np.testing.assert_allclose(np.asarray(models["wo3_cluster_size"](images[np.newaxis],
+                                                                     training=False)),
+                               np.asarray(get_head(models["wo3_cluster_size"])(
+                                   features)), atol=2e-5)
+
+
+def test_export_records_that_no_network_takes_the_inverse_images(trained, tmp_path):
+    from hagg_tf.export.from_training import export_from_backbone
+
+    config, _ = trained
+    written = export_from_backbone(config.output, tmp_path, kernel_dtype="float32")
+    metadata = json.loads((written["composite"] / "hagg_tf_export.json").read_text())
+    assert inverse_intensity_networks(metadata) == frozenset()
+    assert all(metadata["networks"][name][INVERSE_INPUT_KEY] is False for name in NETWORK_NAMES)
+    assert metadata["preprocessing"]["inverse_intensity_networks"] == []
+    assert "shared_backbone" in metadata["model_card"]["training"]
+    assert "| epoch |" in (written["composite"] / "TRAINING.md").read_text()
+    # CNN^1 of the graph sees the plain images: the inverted input changes nothing.
+    loaded = tf.saved_model.load(str(written["composite"]))
+    # f's weights are stored once, under the first network; every network still lists them.
+    first = loaded.networks[NETWORK_NAMES[0]].weights
+    for name in NETWORK_NAMES[1:]:
+        own = loaded.networks[name].weights
+        assert own["f_conv_1/kernel"] is first["f_conv_1/kernel"]
+        assert own["g_dense_1/kernel"] is not first["g_dense_1/kernel"]
+    rng = np.random.default_rng(1)
+    size = config.image_size
+    images = (rng.integers(0, 256, (1, NU, size, size)) / 255 - 0.5).astype(np.float32)
+    outputs = [loaded.signatures["serving_preprocessed"](
+        images=tf.constant(images), inverted_images=tf.constant(inverted))
+        for inverted in (images, rng.uniform(-0.5, 0.5, images.shape).astype(np.float32))]
+    for key in ("tio2_cluster_size_raw", "wo3_cluster_size_raw", "fractal_dimension"):
+        np.testing.assert_array_equal(outputs[0][key].numpy(), outputs[1][key].numpy())
+    models = networks_from_backbone(config.output, size, NU, "fine")
+    expected = np.asarray(models["tio2_cluster_size"](images[..., np.newaxis],
+                                                      training=False))[:, 0]
+    np.testing.assert_allclose(outputs[0]["tio2_cluster_size_raw"].numpy(), expected, atol=2e-5)
+
+
+def test_the_paper_networks_keep_the_inverse_images():
+    assert inverse_intensity_networks() == frozenset({"tio2_cluster_size"})
+    assert inverse_intensity_networks({"networks": {"tio2_cluster_size": {}}}) == \
+        frozenset({"tio2_cluster_size"})
+
+
+def test_calibration_sets_the_moving_statistics_to_the_batch_statistics(trained, tmp_path,
+                                                                         monkeypatch):
+    config, _ = trained
+    copy = BackboneConfig(**{**config.__dict__, "output": str(tmp_path / "run")})
+    __import__("shutil").copytree(config.output, copy.output)
+    monkeypatch.setattr(multitask, "CALIBRATION_BATCHES", 1)
+    report = calibrate_backbone(copy)
+    assert report["batches"] == 1 and set(report["after"]) == set(report["before"])
+    feature_extractor, _ = backbone_parts(load_backbone(copy.output))
+    last_f, _ = backbone_parts(load_backbone(copy.output, "last"))
+    # One batch at momentum 0: the first batch norm's moving mean is that batch's mean of the
+    # first convolution's output (the convolution's weights are unchanged).
+    split = load_pooled_split(copy.pooled_cache, "train")
+    batches = multitask._batches(keras, split, copy, training=True)
+    batches.set_epoch(copy.epochs)
+    conv = keras.Model(last_f.inputs, last_f.get_layer("f_conv_1").output)
+    expected = np.asarray(conv(batches[0][0])).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(
+        np.asarray(feature_extractor.get_layer("f_batch_norm_1").moving_mean), expected,
+        rtol=0, atol=3e-4)  # float32 reductions in another order
+    assert not np.allclose(np.asarray(last_f.get_layer("f_batch_norm_1").moving_mean), expected,
+                           rtol=0, atol=3e-3)
+
+
+def test_the_composite_runs_the_shared_f_once_per_image(trained):
+    from hagg_tf.export.characterize import (CharacterizeModule, _network_settings,
+                                             network_weights)
+
+    config, _ = trained
+    models = networks_from_backbone(config.output, config.image_size, NU, "fine")
+    weights = {name: network_weights(models[name]) for name in NETWORK_NAMES}
+    shared = CharacterizeModule(weights, {name: _network_settings(models[name], False)
+                                          for name in NETWORK_NAMES},
+                                config.image_size, NU, "float32")
+    assert set(shared.feature_source.values()) == {NETWORK_NAMES[0]}
+    # The paper's input for CNN^1 (1/p images) needs its own pass, even with the same weights.
+    paper_input = CharacterizeModule(weights, {name: _network_settings(models[name])
+                                               for name in NETWORK_NAMES},
+                                     config.image_size, NU, "float32")
+    assert paper_input.feature_source["tio2_cluster_size"] == "tio2_cluster_size"
+    assert paper_input.feature_source["wo3_cluster_size"] == NETWORK_NAMES[0]
+    weights["wo3_cluster_size"]["f_conv_1/bias"] = weights["wo3_cluster_size"][
+        "f_conv_1/bias"] + 1e-3
+    changed = CharacterizeModule(weights, {name: _network_settings(models[name], False)
+                                           for name in NETWORK_NAMES},
+                                 config.image_size, NU, "float32")
+    assert changed.feature_source["wo3_cluster_size"] == "wo3_cluster_size"
+    assert changed.feature_source["tio2_cluster_size"] == NETWORK_NAMES[0]
