@@ -207,6 +207,25 @@ def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache):
                                arrays["fractal_dimension_pred"], atol=1e-6)
 
 
+def test_predict_split_decodes_the_splits_a_partial_cache_lacks(tiny_db, cache, tmp_path):
+    # A cache of the evaluation split alone (what evaluating needs) and a ν other than the
+    # trained one, whose head is refitted on the train split's features: the train and
+    # validation splits are decoded from the TFRecords instead of failing after the whole
+    # evaluation split has been predicted.
+    models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
+              for name in networks.NETWORK_SPECS}
+    partial = build_pooled_cache(tiny_db, tmp_path / "evaluation_only", POOLING,
+                                 splits=("evaluation",), workers=1, progress=False)
+    assert not list(partial.glob("train-*.npz"))
+    from_partial = predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=partial,
+                                 progress=False)
+    from_full = predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=cache,
+                              progress=False)
+    for key in ("fractal_dimension_pred", "tio2_cluster_size_pred_nu2",
+                "wo3_cluster_size_pred_nu2"):
+        np.testing.assert_allclose(from_partial.arrays[key], from_full.arrays[key], atol=1e-5)
+
+
 def test_compact_composite_export_matches_the_keras_networks(tmp_path):
     from hagg_tf.export.characterize import export_characterize_model
     from hagg_tf.export.from_training import networks_from_composite

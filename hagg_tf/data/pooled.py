@@ -286,7 +286,7 @@ def iter_pooled_parts(cache_dir: Union[str, os.PathLike], split: str,
         expected = _settings(pathlib.Path(dataset_dir), settings["pooling"])
         if expected != settings:
             raise DatasetError(f"{cache_dir} was built from another database or settings")
-    parts = sorted(cache_dir.glob(f"{split}-*.npz"))
+    parts = _split_parts(cache_dir, split)
     if not parts:
         raise DatasetError(f"{cache_dir}: no parts of split {split!r}")
     shards = None
@@ -316,6 +316,16 @@ def _cache_settings(cache_dir: pathlib.Path) -> dict:
     if not settings_path.is_file():
         raise DatasetError(f"{cache_dir}: no pooled cache (build it with build_pooled_cache)")
     return json.loads(settings_path.read_text())
+
+
+def _split_parts(cache_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
+    return sorted(cache_dir.glob(f"{split}-*.npz"))
+
+
+def caches_split(cache_dir: Union[str, os.PathLike], split: str) -> bool:
+    """Whether the pooled cache at ``cache_dir`` holds parts of ``split`` (a cache may hold
+    some splits only: ``build_pooled_cache(..., splits=...)``)."""
+    return bool(_split_parts(pathlib.Path(cache_dir), split))
 
 
 def cache_pooling(cache_dir: Union[str, os.PathLike]) -> int:

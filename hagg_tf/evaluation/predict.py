@@ -22,8 +22,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, iter_pooled_parts, iter_pooled_shards,
-                                 sums_to_inputs)
+from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, caches_split, iter_pooled_parts,
+                                 iter_pooled_shards, sums_to_inputs)
 from hagg_tf.data.design import disjoint_groups
 from hagg_tf.data.network_specs import inverse_intensity_networks
 from hagg_tf.evaluation.predictions import Predictions
@@ -104,9 +104,11 @@ def _predict(model, inputs: np.ndarray) -> np.ndarray:
 
 
 def _parts(dataset_dir, split: str, pooling: int, cache_dir):
-    """Pooled shards of a split: from the cache when it fits, else decoded on the fly."""
+    """Pooled shards of a split: from the cache when it fits and holds the split, else decoded
+    on the fly (a cache built for the evaluation split alone still serves it, and the refits
+    of the ν-image heads decode the training split)."""
     if cache_dir is not None and (pathlib.Path(cache_dir) / "cache.json").is_file():
-        if cache_pooling(cache_dir) == pooling:
+        if cache_pooling(cache_dir) == pooling and caches_split(cache_dir, split):
             # part by part: a split of a 2x2-pooled cache takes several GB
             yield from iter_pooled_parts(cache_dir, split, dataset_dir)
             return
