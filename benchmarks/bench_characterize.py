@@ -1,14 +1,18 @@
 """Benchmark of the estimate θ̂ from 12 images at 512×512 px, against its FLOP floor.
 
-The floor: each of the 5·n forward passes of f (CNN^Df, CNN^ρ_reg, CNN^ρ_class on every image;
-CNN^0 and CNN^1 on every image of the stack) costs ≈ 4.87 GFLOP at 512 px (counted from Table 3
-below; g and the preprocessing are negligible), so 12 images need 60 passes ≈ 292 GFLOP. Divided
-by the machine's measured dense float32 matmul rate it gives the time no implementation can beat.
+The floor: every distinct feature extractor f of the export runs once per image (five in an
+export of separately trained networks; one in characterize/3, where the five networks share f),
+at :meth:`hagg_tf.networks.Architecture.flops` each (Table 3: 4.88 GFLOP at 512 px, the
+shared backbone's ``fine``: 0.30; g and the preprocessing are negligible). Divided by the
+machine's measured dense float32 matmul rate it gives the time no implementation can beat.
 
 Prints one JSON line per measurement:
-* ``matmul_gflops``: float32 matmul rate of this machine (TensorFlow, 2048², best of 5);
+* ``matmul_gflops``: float32 matmul rate of this machine (TensorFlow, 2048², best of 5), the
+  export's architecture, its passes of f and the floor;
 * ``composite``: the composite SavedModel (one graph, all five networks, all images in one
   batch): first call (includes TensorFlow's graph optimisation) and the median of warm calls;
+* ``litert``: ``LiteRTCharacterizeModel.estimate``, the runtime ``hagg-characterize`` uses by
+  default (no bootstrap), first call and median of warm calls;
 * ``keras``: the five Keras networks called one after another (the reference path);
 * ``cli``: ``tools/characterize.py`` end to end on the shipped example (import, load, shadows,
   report, figure), if --cli.
@@ -42,22 +46,6 @@ _COMPARE = flags.DEFINE_string(
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def f_flops(image_size: int = 512) -> float:
-    """FLOPs (2 per multiply-add) of one forward pass of f at ``image_size`` px (Table 3)."""
-    from hagg_tf.networks.architecture import FEATURE_EXTRACTOR_PLAN
-
-    size, channels, flops = image_size // 2, 1, 0.0
-    for entry in FEATURE_EXTRACTOR_PLAN:
-        if entry == "max_pool":
-            size //= 2
-            continue
-        size -= 2
-        flops += 2.0 * size * size * 9 * channels * entry
-        channels = entry
-    flops += 2.0 * (size * size * channels * 224 + 224 * 112)
-    return flops
-
-
 def matmul_gflops(tf) -> float:
     a = tf.random.normal((2048, 2048))
     b = tf.random.normal((2048, 2048))
@@ -72,6 +60,35 @@ def _timed(function) -> float:
     return time.perf_counter() - started
 
 
+def _keras_networks(model, architecture) -> dict:
+    """The export's five networks rebuilt in Keras with its weights, by name."""
+    from hagg_tf import networks
+    from hagg_tf.export.characterize import (NETWORK_ORDER, load_network_weights,
+                                             set_network_weights)
+
+    weights = load_network_weights(model.saved_model)
+    keras_models = {}
+    for name in NETWORK_ORDER:
+        keras_models[name] = networks.build_network(name, model.image_size, model.num_images,
+                                                    architecture=architecture)
+        set_network_weights(keras_models[name], weights[name])
+    return keras_models
+
+
+def _distinct_feature_extractors(keras_models: dict) -> int:
+    """How many different f the networks hold: the passes of f per image of the export."""
+    from hagg_tf import networks
+
+    distinct = []
+    for model in keras_models.values():
+        weights = networks.get_feature_extractor(model).get_weights()
+        if not any(len(weights) == len(other) and all(np.array_equal(a, b) for a, b in
+                                                      zip(weights, other))
+                   for other in distinct):
+            distinct.append(weights)
+    return len(distinct)
+
+
 def _emit(**record):
     print(json.dumps(record), flush=True)
 
@@ -83,18 +100,10 @@ def main(argv):
     tf = import_tensorflow_quietly()
     from hagg_tf import networks
     from hagg_tf.estimation import CharacterizeModel, estimate_with_networks
-    from hagg_tf.export.characterize import (NETWORK_ORDER, export_characterize_model,
-                                             load_network_weights, set_network_weights)
+    from hagg_tf.estimation.model import load_characterize_model
+    from hagg_tf.export.characterize import NETWORK_ORDER, export_characterize_model
 
     gflops = matmul_gflops(tf)
-    passes = 5 * _IMAGES.value
-    floor_gflop = passes * f_flops() / 1e9
-    _emit(measurement="matmul_gflops", gflops=round(gflops, 1), cpus=os.cpu_count(),
-          load_average=os.getloadavg()[0], f_gflop_per_pass=round(f_flops() / 1e9, 3),
-          passes=passes, floor_gflop=round(floor_gflop, 1),
-          floor_s_at_measured_rate=round(floor_gflop / gflops, 2),
-          floor_s_at_107_gflops=round(floor_gflop / 107, 2))
-
     path = _MODELS.value
     if path is None:
         path = REPO / "work" / "bench" / "characterize"
@@ -103,6 +112,18 @@ def main(argv):
             export_characterize_model(models, path, kernel_dtype="float16", pixel_size_nm=1.2)
     model = CharacterizeModel(path)
     size = model.image_size
+    architecture = networks.get_architecture(
+        model.metadata.get("architecture", networks.DEFAULT_ARCHITECTURE))
+    keras_models = _keras_networks(model, architecture)
+    passes = _distinct_feature_extractors(keras_models) * _IMAGES.value
+    f_gflop = architecture.flops(size) / 1e9
+    floor_gflop = passes * f_gflop
+    _emit(measurement="matmul_gflops", gflops=round(gflops, 1), cpus=os.cpu_count(),
+          load_average=os.getloadavg()[0], architecture=architecture.name,
+          f_gflop_per_pass=round(f_gflop, 3), passes=passes, floor_gflop=round(floor_gflop, 1),
+          floor_s_at_measured_rate=round(floor_gflop / gflops, 3),
+          floor_s_at_107_gflops=round(floor_gflop / 107, 3))
+
     rng = np.random.default_rng(0)
     counts = rng.poisson(rng.uniform(0, 0.05, (_IMAGES.value, size, size)) * 21456).astype(
         np.float32)
@@ -117,12 +138,18 @@ def main(argv):
           vs_floor_at_107=round(median / (floor_gflop / 107), 2),
           load_average=os.getloadavg()[0])
 
+    try:
+        litert = load_characterize_model(path, runtime="litert")
+    except ValueError as reason:  # no conversion beside this export, or a stale one
+        _emit(measurement="litert", skipped=str(reason))
+    else:
+        cold = _timed(lambda: litert.estimate(counts, electrons))
+        warm = [_timed(lambda: litert.estimate(counts, electrons)) for _ in range(_REPEATS.value)]
+        _emit(measurement="litert", images=_IMAGES.value, first_call_s=round(cold, 2),
+              warm_median_s=round(statistics.median(warm), 2),
+              warm_s=[round(value, 2) for value in warm], load_average=os.getloadavg()[0])
+
     if _KERAS.value:
-        weights = load_network_weights(model.saved_model)
-        keras_models = {}
-        for name in NETWORK_ORDER:
-            keras_models[name] = networks.build_network(name, size, model.num_images)
-            set_network_weights(keras_models[name], weights[name])
         estimate_with_networks(keras_models, counts, electrons)  # trace
         times = [_timed(lambda: estimate_with_networks(keras_models, counts, electrons))
                  for _ in range(_REPEATS.value)]

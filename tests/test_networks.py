@@ -1,4 +1,6 @@
 """Tests of hagg_tf.networks: Table 3 of the paper, batch-norm semantics, training, saving."""
+import re
+
 import numpy as np
 import pytest
 
@@ -392,3 +394,22 @@ def test_accessors_reach_the_pooling_and_the_head(name):
         features = layer(features)
     np.testing.assert_allclose(np.asarray(features), np.asarray(model(images, training=False)),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_architecture_flops_counts_convolutions_and_dense_layers():
+    # 16 px, 2x2 pooling -> 8; conv 4 valid -> 6 px: 2·36·9·1·4; max pool -> 3; conv 8 valid
+    # -> 1 px: 2·1·9·4·8; dense 8 -> 10 -> 5: 2·8·10 + 2·10·5.
+    tiny = networks.Architecture("tiny", 2, (4, "max_pool", 8), "valid", (10, 5), "")
+    assert tiny.flops(16) == 2 * 36 * 9 * 4 + 2 * 9 * 4 * 8 + 2 * 8 * 10 + 2 * 10 * 5
+    with pytest.raises(ValueError, match="does not fit"):
+        tiny.flops(6)
+
+
+@pytest.mark.parametrize("name", sorted(networks.ARCHITECTURES))
+def test_architecture_descriptions_state_their_flops(name):
+    # The GFLOP figure each description (and so every model card) prints is the count.
+    architecture = networks.ARCHITECTURES[name]
+    stated = re.search(r"\(([\d.]+) GFLOP per 512 px image\)", architecture.description)
+    assert stated, architecture.description
+    digits = len(stated.group(1).split(".")[1])
+    assert round(architecture.flops(512) / 1e9, digits) == float(stated.group(1))
