@@ -95,6 +95,27 @@ def test_perfect_predictions_give_zero_errors_and_full_accuracy():
     json.dumps(metrics, allow_nan=False)                    # valid JSON, NaN written as null
 
 
+def test_theta_rho_floor_is_the_group_mean_of_the_true_mixing_ratios():
+    # ρ(A) spreads around θ_ρ: even exact per-image outputs leave θ̂_ρ that far from θ_ρ.
+    predictions = make_predictions(homogeneous_every=0)
+    arrays = predictions.arrays
+    rng = np.random.default_rng(5)
+    arrays["mixing_ratio"] = np.clip(arrays["theta"][:, 1] + rng.normal(0, 0.1, len(
+        arrays["theta"])), 0.01, 0.99)
+    arrays["mixing_ratio_regressor_pred"] = arrays["mixing_ratio"].copy()
+    groups = arrays["groups_nu12"]
+    expected = np.mean(np.abs(arrays["mixing_ratio"][groups].mean(axis=1)
+                              - arrays["theta"][groups[:, 0], 1]))
+    fig11 = pe.mixing_ratio_metrics(predictions)
+    assert expected > 0.01
+    assert fig11["per_theta_true_per_image"]["mae"] == pytest.approx(expected)
+    # perfect per-image outputs reach the floor, and do no better
+    assert fig11["per_theta_with_classifier"]["mae"] == pytest.approx(expected)
+    assert fig11["per_image_with_classifier"]["mae"] == pytest.approx(0, abs=1e-6)
+    assert "Eq. 14's floor" in report.render_report(
+        pe.evaluate_predictions(predictions, shadow_thetas=0))
+
+
 def test_constant_offset_gives_that_error_everywhere():
     metrics = pe.evaluate_predictions(make_predictions(df_offset=0.05, size_offset=1.0),
                                       shadow_thetas=0)

@@ -171,7 +171,8 @@ def theta_level_estimates(predictions: Predictions, groups: np.ndarray) -> dict[
     Returns:
         (G,) arrays ``theta`` (G, 4) preset θ, ``fractal_dimension`` θ̂_Df,
         ``mixing_ratio`` θ̂_ρ with the classifier, ``mixing_ratio_regressor_only`` the mean
-        CNN^ρ_reg output, and the baselines' group means where the file has them (NaN images
+        CNN^ρ_reg output, ``mixing_ratio_true_per_image`` the mean of the true ρ(A) (Eq. 14's
+        floor), and the baselines' group means where the file has them (NaN images
         left out of a group's mean).
     """
     arrays = predictions.arrays
@@ -184,6 +185,10 @@ def theta_level_estimates(predictions: Predictions, groups: np.ndarray) -> dict[
                                         np.float64)[groups].mean(axis=1),
         "mixing_ratio": per_image_mixing_ratio(predictions)[groups].mean(axis=1),
         "mixing_ratio_regressor_only": np.asarray(arrays["mixing_ratio_regressor_pred"],
+                                                  np.float64)[groups].mean(axis=1),
+        # Eq. 14 with exact per-image ratios: ρ(A) itself spreads around θ_ρ (Fig. 4), so no
+        # per-image estimator averaged over the group gets closer to θ_ρ than this on average.
+        "mixing_ratio_true_per_image": np.asarray(arrays["mixing_ratio"],
                                                   np.float64)[groups].mean(axis=1),
     }
     for key in BASELINES:
@@ -340,7 +345,9 @@ def mixing_ratio_metrics(predictions: Predictions, nu: int = DEFAULT_NU, seed: i
 
     Returns:
         ``per_image_regressor_only``, ``per_image_with_classifier``, ``per_theta_regressor_only``,
-        ``per_theta_with_classifier`` (error summaries) and ``bias_at_extremes``: the mean error
+        ``per_theta_with_classifier``, ``per_theta_true_per_image`` (θ̂_ρ from the exact ρ(A)
+        of the group's images: the floor of Eq. 14, set by the spread of ρ(A) around θ_ρ) (error
+        summaries) and ``bias_at_extremes``: the mean error
         for aggregates with ρ(A) ∈ [0, 0.1] and ∈ [0.9, 1] (the paper: about 0.04 / −0.1 for the
         regressor, 0.009 / 0.02 with the classifier).
     """
@@ -358,6 +365,8 @@ def mixing_ratio_metrics(predictions: Predictions, nu: int = DEFAULT_NU, seed: i
         "per_theta_regressor_only": error_summary(estimates["mixing_ratio_regressor_only"]
                                                   - preset),
         "per_theta_with_classifier": error_summary(estimates["mixing_ratio"] - preset),
+        "per_theta_true_per_image": error_summary(estimates["mixing_ratio_true_per_image"]
+                                                  - preset),
         "bias_at_extremes": {
             "regressor_only": {"rho_at_most_0.1": error_summary(regressor[low])["mean"],
                                "rho_at_least_0.9": error_summary(regressor[high])["mean"]},

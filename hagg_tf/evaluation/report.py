@@ -237,6 +237,8 @@ def _fig11(metrics, figures) -> list[str]:
         [f"θ̂_ρ MAE, with classifier (ν = {fig11['nu']})",
          paper["mixing_ratio_theta_mae_with_classifier"],
          _number(fig11["per_theta_with_classifier"]["mae"])],
+        [f"θ̂_ρ MAE from the true ρ(A) of the images (Eq. 14's floor, ν = {fig11['nu']})",
+         "–", _number(fig11["per_theta_true_per_image"]["mae"])],
         [f"bias for ρ(A) ≤ 0.1 ({bias['images']['rho_at_most_0.1']} images), regressor only",
          f"≈ {paper['mixing_ratio_bias_low_regressor_only']}",
          _number(bias["regressor_only"]["rho_at_most_0.1"])],
