@@ -60,35 +60,6 @@ def _timed(function) -> float:
     return time.perf_counter() - started
 
 
-def _keras_networks(model, architecture) -> dict:
-    """The export's five networks rebuilt in Keras with its weights, by name."""
-    from hagg_tf import networks
-    from hagg_tf.export.characterize import (NETWORK_ORDER, load_network_weights,
-                                             set_network_weights)
-
-    weights = load_network_weights(model.saved_model)
-    keras_models = {}
-    for name in NETWORK_ORDER:
-        keras_models[name] = networks.build_network(name, model.image_size, model.num_images,
-                                                    architecture=architecture)
-        set_network_weights(keras_models[name], weights[name])
-    return keras_models
-
-
-def _distinct_feature_extractors(keras_models: dict) -> int:
-    """How many different f the networks hold: the passes of f per image of the export."""
-    from hagg_tf import networks
-
-    distinct = []
-    for model in keras_models.values():
-        weights = networks.get_feature_extractor(model).get_weights()
-        if not any(len(weights) == len(other) and all(np.array_equal(a, b) for a, b in
-                                                      zip(weights, other))
-                   for other in distinct):
-            distinct.append(weights)
-    return len(distinct)
-
-
 def _emit(**record):
     print(json.dumps(record), flush=True)
 
@@ -101,7 +72,9 @@ def main(argv):
     from hagg_tf import networks
     from hagg_tf.estimation import CharacterizeModel, estimate_with_networks
     from hagg_tf.estimation.model import load_characterize_model
-    from hagg_tf.export.characterize import NETWORK_ORDER, export_characterize_model
+    from hagg_tf.export.characterize import (NETWORK_ORDER, export_characterize_model,
+                                             feature_passes)
+    from hagg_tf.export.from_training import networks_from_composite
 
     gflops = matmul_gflops(tf)
     path = _MODELS.value
@@ -114,8 +87,8 @@ def main(argv):
     size = model.image_size
     architecture = networks.get_architecture(
         model.metadata.get("architecture", networks.DEFAULT_ARCHITECTURE))
-    keras_models = _keras_networks(model, architecture)
-    passes = _distinct_feature_extractors(keras_models) * _IMAGES.value
+    keras_models, _ = networks_from_composite(path)
+    passes = feature_passes(model.metadata) * _IMAGES.value
     f_gflop = architecture.flops(size) / 1e9
     floor_gflop = passes * f_gflop
     _emit(measurement="matmul_gflops", gflops=round(gflops, 1), cpus=os.cpu_count(),

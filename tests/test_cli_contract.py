@@ -299,3 +299,15 @@ def test_sensible_resampling_and_large_unresampled_images_pass():
     check_resampling([_image(512, 1e-6)], None)  # networks without a pixel size: no resampling
     prepared, _ = prepare_images([_image(64, 2.4)], 64, 1.2)
     assert prepared.counts.shape == (1, 64, 64)
+
+
+def test_train_backbone_refuses_a_second_stage_without_a_finished_first(tiny_fine_cache,
+                                                                      tmp_path):
+    database, _ = tiny_fine_cache
+    result = _run_script("hagg-train-backbone", f"--dataset={database}",
+                         f"--pooled_cache={tmp_path / 'cache'}", f"--output={tmp_path / 'out'}",
+                         f"--initial_weights={tmp_path / 'no_run'}")
+    _assert_one_error_line(result, f"initial_weights={tmp_path / 'no_run'}",
+                           "no finished backbone run")
+    # Refused before the minutes of pooled cache: nothing written.
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

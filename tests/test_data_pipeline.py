@@ -285,8 +285,8 @@ def test_network_datasets_feed_the_networks(db):
         history = model.fit(dataset, epochs=1, steps_per_epoch=1, shuffle=False, verbose=0)
         assert np.isfinite(history.history["loss"][0])
         validation = data.network_dataset(db, name, "evaluation", batch_size=2, **kwargs)
-        predictions = model.predict(validation, verbose=0)
-        assert predictions.shape[1] == 1 and np.all(np.isfinite(predictions))
+        predictions = model.predict(validation.take(2), verbose=0)  # two batches suffice
+        assert predictions.shape == (4, 1) and np.all(np.isfinite(predictions))
 
 
 def test_pipeline_refuses_bad_data_naming_the_file(db, tmp_path):

@@ -35,9 +35,17 @@ NU = 3
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    """A composite export of five small random networks with its LiteRT conversion."""
+    """A composite export of five small random networks with its LiteRT conversion.
+
+    The networks share one f, as the shipped ones do (it runs once per image: a conversion of
+    a third of the graph, so the fixture is quick); CNN^1's inverse-intensity input still
+    takes its own pass.
+    """
     keras.utils.set_random_seed(3)
     models = {name: networks.build_network(name, SIZE, num_images=NU) for name in NETWORK_ORDER}
+    shared_f = networks.get_feature_extractor(models[NETWORK_ORDER[0]]).get_weights()
+    for model in models.values():
+        networks.get_feature_extractor(model).set_weights(shared_f)
     base = tmp_path_factory.mktemp("litert")
     version_dir = export_characterize_model(models, base, version=1, kernel_dtype="float32",
                                             pixel_size_nm=3.5, model_card={"status": "test"})

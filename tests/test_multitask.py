@@ -1,5 +1,6 @@
 """The shared backbone (hagg_tf.training.multitask) and its export as the five networks."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -77,6 +78,63 @@ def test_a_run_out_of_budget_resumes_where_it_stopped(tiny_fine_cache, tmp_path)
     assert [row["epoch"] for row in read_backbone_history(config.output)] == [0, 1]
 
 
+def test_a_second_stage_starts_from_the_calibrated_weights_of_the_first(trained, tmp_path):
+    config, _ = trained
+    second = _config(config.pooled_cache, tmp_path / "second", epochs=1, steps_per_epoch=1,
+                     learning_rate=1e-12, initial_weights=config.output)
+    assert train_backbone(second, verbose=0)["status"] == "complete"
+    start_f, start_heads = backbone_parts(load_backbone(config.output))
+    after_f, after_heads = backbone_parts(load_backbone(second.output, "last"))
+    fresh, _ = multitask.build_backbone_model("fine", config.image_size, keras)
+    fresh_f, _ = backbone_parts(fresh)
+    # A step at a learning rate of 1e-12 leaves the trainable weights where they started.
+    for start, after, new in zip(start_f.trainable_weights, after_f.trainable_weights,
+                                 fresh_f.trainable_weights):
+        np.testing.assert_allclose(np.asarray(after), np.asarray(start), rtol=0, atol=1e-6)
+    assert not all(np.allclose(np.asarray(start), np.asarray(new), rtol=0, atol=1e-4)
+                   for start, new in zip(start_f.trainable_weights, fresh_f.trainable_weights))
+    for name in NETWORK_NAMES:
+        for start, after in zip(start_heads[name].weights, after_heads[name].weights):
+            np.testing.assert_allclose(np.asarray(after), np.asarray(start), rtol=0, atol=1e-6)
+    recorded = json.loads((tmp_path / "second" / "training.json").read_text())
+    assert recorded["config"]["initial_weights"] == config.output
+    # The training log tells both stages, oldest first.
+    from hagg_tf.export.from_training import backbone_training_log_markdown
+
+    assert multitask.backbone_stages(second.output) == [pathlib.Path(config.output),
+                                                        pathlib.Path(second.output)]
+    log = backbone_training_log_markdown(second.output)
+    assert log.index("## Stage 1 of 2: `" + config.output) < log.index("## Stage 2 of 2")
+    assert log.count("| epoch |") == 2 and "over 1 epochs" in log.split("## Stage 2")[1]
+    assert "## Stage" not in backbone_training_log_markdown(config.output)
+    # The model card counts the epochs of both stages.
+    from hagg_tf.export.from_training import backbone_training_record
+
+    record = backbone_training_record(second.output)["shared_backbone"]
+    assert record["final_epoch"] == 3 and record["epochs_per_stage"] == [2, 1]
+    assert record["stages"] == 2 and record["images_seen"] == 3 * recorded["train_records"]
+
+
+def test_a_second_stage_needs_a_finished_first_run(tiny_fine_cache, tmp_path):
+    _, cache = tiny_fine_cache
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(TrainingError, match="no finished backbone run"):
+        train_backbone(_config(cache, tmp_path / "run", initial_weights=tmp_path / "unfinished"),
+                       verbose=0)
+
+
+def test_a_run_written_before_initial_weights_existed_still_resumes(trained, tmp_path):
+    config, _ = trained
+    copy = BackboneConfig(**{**config.__dict__, "output": str(tmp_path / "run")})
+    __import__("shutil").copytree(config.output, copy.output)
+    path = tmp_path / "run" / "training.json"
+    summary = json.loads(path.read_text())
+    summary["config"]["output"] = copy.output
+    del summary["config"]["initial_weights"]
+    path.write_text(json.dumps(summary))
+    assert train_backbone(copy, verbose=0)["status"] == "complete"
+
+
 def test_the_five_networks_are_the_backbone_and_its_heads(trained, tiny_fine_cache):
     config, _ = trained
     models = networks_from_backbone(config.output, config.image_size, NU, "fine")
@@ -101,6 +159,7 @@ def test_the_five_networks_are_the_backbone_and_its_heads(trained, tiny_fine_cac
 
 
 def test_export_records_that_no_network_takes_the_inverse_images(trained, tmp_path):
+    from hagg_tf.export.characterize import feature_passes
     from hagg_tf.export.from_training import export_from_backbone
 
     config, _ = trained
@@ -109,6 +168,9 @@ def test_export_records_that_no_network_takes_the_inverse_images(trained, tmp_pa
     assert inverse_intensity_networks(metadata) == frozenset()
     assert all(metadata["networks"][name][INVERSE_INPUT_KEY] is False for name in NETWORK_NAMES)
     assert metadata["preprocessing"]["inverse_intensity_networks"] == []
+    assert metadata["feature_source"] == {name: NETWORK_NAMES[0] for name in NETWORK_NAMES}
+    assert feature_passes(metadata) == 1
+    assert feature_passes({}) == len(NETWORK_NAMES)
     assert "shared_backbone" in metadata["model_card"]["training"]
     assert "| epoch |" in (written["composite"] / "TRAINING.md").read_text()
     # CNN^1 of the graph sees the plain images: the inverted input changes nothing.

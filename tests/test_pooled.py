@@ -178,14 +178,22 @@ def test_pooled_training_resumes_and_saves_the_full_network(tiny_db, cache, tmp_
     assert json.loads((tmp_path / "w" / SUMMARY).read_text())["init_from"] == str(run)
 
 
-def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache):
+@pytest.fixture(scope="module")
+def predicted(tiny_db, cache):
+    """Untrained compact networks and their predict_split of the evaluation split (ν = 2, 3)
+    from the full cache, with reversed baselines."""
     models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
               for name in networks.NETWORK_SPECS}
     evaluation = load_pooled_split(cache, "evaluation")
     baselines = {"record_index": evaluation.labels["record_index"][::-1],
                  "baseline_mixing_ratio_threshold": evaluation.labels["mixing_ratio"][::-1]}
-    predictions = predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=cache,
-                                baselines=baselines, progress=False)
+    return models, predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=cache,
+                                 baselines=baselines, progress=False)
+
+
+def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache, predicted):
+    models, predictions = predicted
+    evaluation = load_pooled_split(cache, "evaluation")
     arrays = predictions.arrays
     assert predictions.group_sizes == [2, 3] and predictions.info["trained_nu"] == 3
     np.testing.assert_array_equal(arrays["baseline_mixing_ratio_threshold"],
@@ -207,20 +215,17 @@ def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache):
                                arrays["fractal_dimension_pred"], atol=1e-6)
 
 
-def test_predict_split_decodes_the_splits_a_partial_cache_lacks(tiny_db, cache, tmp_path):
+def test_predict_split_decodes_the_splits_a_partial_cache_lacks(tiny_db, predicted, tmp_path):
     # A cache of the evaluation split alone (what evaluating needs) and a ν other than the
     # trained one, whose head is refitted on the train split's features: the train and
     # validation splits are decoded from the TFRecords instead of failing after the whole
     # evaluation split has been predicted.
-    models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
-              for name in networks.NETWORK_SPECS}
+    models, from_full = predicted
     partial = build_pooled_cache(tiny_db, tmp_path / "evaluation_only", POOLING,
                                  splits=("evaluation",), workers=1, progress=False)
     assert not list(partial.glob("train-*.npz"))
     from_partial = predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=partial,
                                  progress=False)
-    from_full = predict_split(tiny_db, model=models, nus=(2, 3), cache_dir=cache,
-                              progress=False)
     for key in ("fractal_dimension_pred", "tio2_cluster_size_pred_nu2",
                 "wo3_cluster_size_pred_nu2"):
         np.testing.assert_allclose(from_partial.arrays[key], from_full.arrays[key], atol=1e-5)

@@ -43,6 +43,10 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 12, "ν of the multi-image netw
                                    lower_bound=1)
 _STACK_EPOCHS = flags.DEFINE_integer("stack_epochs", 60, "Epochs of the ν-image heads.",
                                      lower_bound=1)
+_INITIAL = flags.DEFINE_string("initial_weights", None,
+                               "A finished backbone run directory whose calibrated weights start "
+                               "this run (a second stage with its own cosine cycle of --epochs "
+                               "at --learning_rate); default a random initialisation.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes building the pooled cache.",
                                 lower_bound=1)
 _VERBOSE = flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1 or 2).",
@@ -59,7 +63,8 @@ def main(argv):
     from hagg_tf.networks.architecture import ARCHITECTURES, minimum_image_size
     from hagg_tf.data import load_manifest
     from hagg_tf.training import TrainingError
-    from hagg_tf.training.multitask import BackboneConfig, train_shared_networks
+    from hagg_tf.training.multitask import (BackboneConfig, check_initial_weights,
+                                            train_shared_networks)
 
     if _ARCHITECTURE.value not in ARCHITECTURES:
         fail(f"--architecture={_ARCHITECTURE.value}: one of {', '.join(ARCHITECTURES)}")
@@ -68,13 +73,15 @@ def main(argv):
         if image_size < minimum_image_size(_ARCHITECTURE.value):
             fail(f"{_DATASET.value}: images of {image_size} px are smaller than the "
                  f"architecture's minimum {minimum_image_size(_ARCHITECTURE.value)} px")
+        if _INITIAL.value is not None:
+            check_initial_weights(_INITIAL.value)  # before minutes of pooled cache
         config = BackboneConfig(
             _POOLED_CACHE.value, _OUTPUT.value, architecture=_ARCHITECTURE.value,
             image_size=image_size, epochs=_EPOCHS.value, batch_size=_BATCH.value,
             learning_rate=_LEARNING_RATE.value, seed=_SEED.value,
             max_wall_seconds=None if _MAX_WALL.value is None else 60 * _MAX_WALL.value,
             steps_per_epoch=_STEPS.value, num_images=_NUM_IMAGES.value,
-            stack_epochs=_STACK_EPOCHS.value)
+            stack_epochs=_STACK_EPOCHS.value, initial_weights=_INITIAL.value)
         summary = train_shared_networks(config, _DATASET.value, workers=_WORKERS.value,
                                         verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, ValueError) as error:

@@ -657,6 +657,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                        "{(k + j) mod n : j < nu}, raw outputs averaged, then rounded",
             "rounding": "nearest integer >= 0, ties to even",
         },
+        # The network whose pass of f each network uses (itself when it has its own f).
+        "feature_source": dict(module.feature_source),
         "networks": {name: {"parameters": int(sum(np.prod(value.shape)
                                                   for value in weights[name].values())),
                             **settings[name]} for name in NETWORK_ORDER},
@@ -664,6 +666,16 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
     }
     write_json_atomic(version_dir / METADATA_FILENAME, metadata)
     return version_dir
+
+
+def feature_passes(metadata: Mapping) -> int:
+    """Passes of f per image that a composite export runs, from its ``hagg_tf_export.json``.
+
+    The distinct networks of its ``feature_source`` record; exports written before the record
+    existed had one f per network.
+    """
+    sources = metadata.get("feature_source")
+    return len(set(sources.values())) if sources else len(NETWORK_ORDER)
 
 
 def load_network_weights(source) -> dict[str, dict[str, np.ndarray]]:

@@ -221,25 +221,40 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
 
 def backbone_training_log_markdown(run) -> str:
     """The training log of a shared-backbone run: its settings, per-epoch losses and the
-    ν-image heads (:mod:`hagg_tf.training.multitask`).
+    ν-image heads (:mod:`hagg_tf.training.multitask`), one section per stage when the run
+    started from another's weights (:func:`~hagg_tf.training.multitask.backbone_stages`).
 
     Args:
         run: the run directory (``training.json``, ``history.csv``).
     """
+    from hagg_tf.training.multitask import backbone_stages
+
+    stages = backbone_stages(run)
+    lines = ["# Training log of the shipped networks", "",
+             "One feature extractor f shared by the five networks, trained on every per-image "
+             "task at once, then the ν-image heads of CNN^0 and CNN^1 on the frozen f "
+             "(`hagg_tf.training.multitask`). Generated from the run's `training.json` and "
+             "`history.csv` by `hagg-export-models --backbone=...`.", ""]
+    for number, stage in enumerate(stages, 1):
+        if len(stages) > 1:
+            started = "" if number == 1 else f", started from stage {number - 1}'s weights"
+            lines += [f"## Stage {number} of {len(stages)}: `{stage}`{started}", ""]
+        lines += _backbone_stage_markdown(stage)
+    return "\n".join(lines) + "\n"
+
+
+def _backbone_stage_markdown(run: pathlib.Path) -> list[str]:
     from hagg_tf.training.multitask import read_backbone_history
 
-    run = pathlib.Path(run)
+    if not (run / "training.json").is_file():
+        return [f"No `training.json` in `{run}`: its settings and history are not known.", ""]
     info = json.loads((run / "training.json").read_text())
     config = info.get("config", {})
     rows = read_backbone_history(run)
     columns = [key for key in (rows[0] if rows else {}) if key != "epoch"]
     heads = info.get("stack_heads") or {}
     calibration = info.get("calibration") or {}
-    lines = ["# Training log of the shipped networks", "",
-             "One feature extractor f shared by the five networks, trained on every per-image "
-             "task at once, then the ν-image heads of CNN^0 and CNN^1 on the frozen f "
-             "(`hagg_tf.training.multitask`). Generated from the run's `training.json` and "
-             "`history.csv` by `hagg-export-models --backbone=...`.", "",
+    lines = ([f"{info['note']}", ""] if info.get("note") else []) + [
              f"- pooled cache: `{config.get('pooled_cache')}`; architecture "
              f"`{config.get('architecture')}`; {info.get('parameters')} parameters in the "
              "backbone model",
@@ -262,7 +277,36 @@ def backbone_training_log_markdown(run) -> str:
              "| epoch | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {int(row['epoch']) + 1} | " + " | ".join(f"{row[key]:.4f}" for key in columns)
               + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
+
+
+def backbone_training_record(run, dataset=None) -> dict:
+    """The model card's ``training`` entry of a shared-backbone run: epochs, image passes and
+    wall time summed over its stages (:func:`~hagg_tf.training.multitask.backbone_stages`
+    whose ``training.json`` is known), the last stage's status and ν-image heads.
+
+    Args:
+        run: the (last stage's) run directory.
+        dataset: the database it was trained on, recorded as given.
+    """
+    from hagg_tf.training.multitask import backbone_stages
+
+    run = pathlib.Path(run)
+    info = json.loads((run / "training.json").read_text())
+    stages = [json.loads((stage / "training.json").read_text())
+              for stage in backbone_stages(run) if (stage / "training.json").is_file()]
+    return {"shared_backbone": {
+        "dataset": None if dataset is None else str(dataset),
+        "architecture": info["config"]["architecture"],
+        # Totals over the stages whose training.json is known.
+        "final_epoch": sum(stage.get("epochs_done") or 0 for stage in stages),
+        "epochs_per_stage": [stage.get("epochs_done") for stage in stages],
+        "stages": len(backbone_stages(run)),
+        "images_seen": sum((stage.get("epochs_done") or 0) * (stage.get("train_records") or 0)
+                           for stage in stages),
+        "wall_s_total": round(sum(stage.get("wall_s_total") or 0.0 for stage in stages), 1),
+        "status": info.get("status"), "hardware": info.get("hardware"),
+        "stack_heads": info.get("stack_heads")}}
 
 
 def export_from_backbone(run, output, *, dataset=None, version: int = 1,
@@ -295,12 +339,7 @@ def export_from_backbone(run, output, *, dataset=None, version: int = 1,
     models = networks_from_backbone(run, int(config["image_size"]), int(config["num_images"]),
                                     config["architecture"])
     pixel_size = pixel_size_of(load_manifest(dataset)) if dataset is not None else None
-    training = {"shared_backbone": {
-        "dataset": None if dataset is None else str(dataset),
-        "architecture": config["architecture"], "final_epoch": info.get("epochs_done"),
-        "images_seen": (info.get("epochs_done") or 0) * (info.get("train_records") or 0),
-        "wall_s_total": info.get("wall_s_total"), "status": info.get("status"),
-        "hardware": info.get("hardware"), "stack_heads": info.get("stack_heads")}}
+    training = backbone_training_record(run, dataset)
     written = _export(models, output, version, kernel_dtype, pixel_size, training,
                       evaluate_dataset, False, overwrite, per_network, composite, litert,
                       inverse_intensity_networks=[])

@@ -85,6 +85,10 @@ class BackboneConfig:
         num_images: ν of the multi-image networks.
         stack_epochs: epochs of the ν-image heads on frozen features (each over freshly drawn
             disjoint ν-groups).
+        initial_weights: a finished backbone run (its ``calibrated.keras``) whose weights,
+            batch-norm statistics included, start this run: a second training stage with its
+            own cosine cycle (a warm restart). It must have the same architecture and image
+            size. None: random initialisation.
     """
 
     pooled_cache: str
@@ -99,12 +103,23 @@ class BackboneConfig:
     steps_per_epoch: Optional[int] = None
     num_images: int = DEFAULT_NUM_IMAGES
     stack_epochs: int = 60
+    initial_weights: Optional[str] = None
 
     def __post_init__(self):
         for name in ("pooled_cache", "output"):
             object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if self.initial_weights is not None:
+            object.__setattr__(self, "initial_weights", os.fspath(self.initial_weights))
         if self.epochs < 1 or self.batch_size < 1 or self.num_images < 1:
             raise TrainingError("epochs, batch_size and num_images must be at least 1")
+
+
+def _with_defaults(stored: dict) -> dict:
+    """A stored config with the fields added since it was written set to their defaults (so
+    that a run written before a field existed still resumes)."""
+    defaults = {field.name: field.default for field in dataclasses.fields(BackboneConfig)
+                if field.default is not dataclasses.MISSING}
+    return {**defaults, **stored}
 
 
 def per_image_targets(labels: dict) -> dict[str, np.ndarray]:
@@ -220,7 +235,7 @@ def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
     settings = dataclasses.asdict(config)
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        if summary.get("config") != settings:
+        if _with_defaults(summary.get("config") or {}) != settings:
             raise TrainingError(f"{output} holds another run ({summary_path}); use another "
                                 "output directory")
         if summary.get("status") == "complete":
@@ -234,6 +249,9 @@ def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     keras.utils.set_random_seed(config.seed)
     model, donor = build_backbone_model(config.architecture, config.image_size, keras)
+    if config.initial_weights is not None:
+        # A backup of this run (restored by fit) takes precedence over the starting weights.
+        _start_from(model, config.initial_weights)
     losses = {name: network_spec(name).loss for name in NETWORK_NAMES}
     metrics = {name: ["accuracy" if network_spec(name).is_classifier else "mae"]
                for name in NETWORK_NAMES}
@@ -293,6 +311,45 @@ def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
         "best_val_loss": best_loss, "history_last": rows[-1] if rows else None}
     write_json_atomic(summary_path, json_safe(summary))
     return summary
+
+
+def check_initial_weights(run: Union[str, os.PathLike]) -> None:
+    """Raises :class:`TrainingError` unless ``run`` is a backbone run with a calibrated model
+    (what :attr:`BackboneConfig.initial_weights` needs)."""
+    if not (pathlib.Path(run) / CALIBRATED_MODEL).is_file():
+        raise TrainingError(f"initial_weights={os.fspath(run)}: no finished backbone run there "
+                            f"({CALIBRATED_MODEL} missing)")
+
+
+def backbone_stages(run: Union[str, os.PathLike]) -> list[pathlib.Path]:
+    """The runs that made the backbone of ``run``, oldest first: ``run`` and, through their
+    :attr:`BackboneConfig.initial_weights`, the runs it started from (stops at a run without
+    ``training.json``, which is listed too)."""
+    stages = [pathlib.Path(run)]
+    while (stages[0] / SUMMARY).is_file():
+        earlier = (json.loads((stages[0] / SUMMARY).read_text()).get("config") or {}).get(
+            "initial_weights")
+        if earlier is None or pathlib.Path(earlier) in stages:
+            break
+        stages.insert(0, pathlib.Path(earlier))
+    return stages
+
+
+def _start_from(model, run: str) -> None:
+    """Sets ``model``'s weights to those of the calibrated backbone of ``run``.
+
+    Raises:
+        TrainingError: ``run`` has no calibrated backbone or one of another architecture.
+    """
+    check_initial_weights(run)
+    source = load_backbone(run, "calibrated")
+    expected = [tuple(weight.shape) for weight in model.weights]
+    found = [tuple(weight.shape) for weight in source.weights]
+    if expected != found:
+        raise TrainingError(f"{run}: its backbone has another architecture or image size "
+                            f"({len(found)} weights, this run needs {len(expected)} of other "
+                            "shapes); start from a run of the same architecture")
+    model.set_weights(source.get_weights())
 
 
 def _save(model, path: pathlib.Path) -> None:
