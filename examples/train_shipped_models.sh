@@ -4,8 +4,9 @@
 # sizes and particle radii drawn per image), one shared feature extractor f trained on 2 CPU
 # cores for all five networks, then the composite export with its LiteRT conversion and the
 # training domain. Every step resumes when rerun (the training after every epoch).
-# Wall on 2 cores: 29 min database, 3 min pooled cache, about 55 min backbone (12 epochs),
-# a few minutes calibration and ν-image heads, a few minutes export and domain; see
+# Wall on 2 cores: 29 min database, 3 min pooled cache, 54 min backbone stage 1 (12 epochs),
+# 50 min stage 2 (10 epochs from stage 1's weights), about 4 min of calibration and ν-image
+# heads after each stage, a few minutes export and domain: about 147 min; see
 # saved_models/characterize/3/TRAINING.md and docs/learning.md ("The shared backbone").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,13 @@ python tools/generate_dataset.py --preset=realistic --output=work/datasets/reali
 python tools/train_backbone.py --dataset=work/datasets/realistic \
   --pooled_cache=work/cache/realistic_pool2 --output=work/training/shared_fine \
   --epochs=12 --max_wall_minutes=65
-python tools/export_models.py --backbone=work/training/shared_fine \
+# Stage 2: a warm restart from stage 1's calibrated weights, its own cosine cycle at half the
+# peak learning rate (then its own batch-norm re-estimation and ν-image heads).
+python tools/train_backbone.py --dataset=work/datasets/realistic \
+  --pooled_cache=work/cache/realistic_pool2 --output=work/training/shared_fine_stage2 \
+  --initial_weights=work/training/shared_fine --epochs=10 --learning_rate=5e-4 \
+  --max_wall_minutes=55
+python tools/export_models.py --backbone=work/training/shared_fine_stage2 \
   --dataset=work/datasets/realistic --output=saved_models --version=3 --kernel_dtype=float32 \
   --evaluate_dataset=work/datasets/realistic --litert
 python -c "from hagg_tf.estimation.domain import measure_training_domain, write_training_domain
