@@ -87,7 +87,6 @@ def main(argv):
     size = model.image_size
     architecture = networks.get_architecture(
         model.metadata.get("architecture", networks.DEFAULT_ARCHITECTURE))
-    keras_models, _ = networks_from_composite(path)
     passes = feature_passes(model.metadata) * _IMAGES.value
     f_gflop = architecture.flops(size) / 1e9
     floor_gflop = passes * f_gflop
@@ -123,6 +122,7 @@ def main(argv):
               warm_s=[round(value, 2) for value in warm], load_average=os.getloadavg()[0])
 
     if _KERAS.value:
+        keras_models, _ = networks_from_composite(path)
         estimate_with_networks(keras_models, counts, electrons)  # trace
         times = [_timed(lambda: estimate_with_networks(keras_models, counts, electrons))
                  for _ in range(_REPEATS.value)]

@@ -293,15 +293,16 @@ def backbone_training_record(run, dataset=None) -> dict:
 
     run = pathlib.Path(run)
     info = json.loads((run / "training.json").read_text())
+    runs = backbone_stages(run)
     stages = [json.loads((stage / "training.json").read_text())
-              for stage in backbone_stages(run) if (stage / "training.json").is_file()]
+              for stage in runs if (stage / "training.json").is_file()]
     return {"shared_backbone": {
         "dataset": None if dataset is None else str(dataset),
         "architecture": info["config"]["architecture"],
         # Totals over the stages whose training.json is known.
         "final_epoch": sum(stage.get("epochs_done") or 0 for stage in stages),
         "epochs_per_stage": [stage.get("epochs_done") for stage in stages],
-        "stages": len(backbone_stages(run)),
+        "stages": len(runs),
         "images_seen": sum((stage.get("epochs_done") or 0) * (stage.get("train_records") or 0)
                            for stage in stages),
         "wall_s_total": round(sum(stage.get("wall_s_total") or 0.0 for stage in stages), 1),
