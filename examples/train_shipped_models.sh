@@ -6,14 +6,16 @@
 # training domain. Every step resumes when rerun (the training after every epoch).
 # Wall on 2 cores: 29 min database, 3 min pooled cache, 54 min backbone stage 1 (12 epochs),
 # 50 min stage 2 (10 epochs from stage 1's weights), about 4 min of calibration and ν-image
-# heads after each stage, a few minutes export and domain: about 147 min; see
+# heads after each stage, about 2 min more after stage 2 for the sample heads of θ̂_Df and θ̂_ρ
+# (stage 1, an intermediate stage, fits none), a few minutes export and domain: about 150 min
+# (measured on one machine; the database took 9 min on a faster one); see
 # saved_models/characterize/3/TRAINING.md and docs/learning.md ("The shared backbone").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python tools/generate_dataset.py --preset=realistic --output=work/datasets/realistic --workers=2
 python tools/train_backbone.py --dataset=work/datasets/realistic \
   --pooled_cache=work/cache/realistic_pool2 --output=work/training/shared_fine \
-  --epochs=12 --max_wall_minutes=65
+  --epochs=12 --max_wall_minutes=65 --sample_head_epochs=0
 # Stage 2: a warm restart from stage 1's calibrated weights, its own cosine cycle at half the
 # peak learning rate (then its own batch-norm re-estimation and ν-image heads).
 python tools/train_backbone.py --dataset=work/datasets/realistic \

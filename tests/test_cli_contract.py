@@ -186,6 +186,11 @@ def test_no_tool_or_document_names_an_out_dir_flag():
     ("hagg-plot-aggregates", ["--seed=-1"], "--seed=-1"),
     ("hagg-make-haadf-tables", ["--lateral_nm=nan"], "--lateral_nm=nan"),
     ("hagg-export-models", ["--version=0"], "--version=0"),
+    # --evaluate_dataset went unchecked (and unused) with --from_composite.
+    ("hagg-export-models", ["--from_composite=saved_models", "--evaluate_dataset=/nonexistent"],
+     "--evaluate_dataset=/nonexistent"),
+    ("hagg-export-models", ["--from_composite=saved_models", "--sample_heads_cache=/nonexistent"],
+     "--sample_heads_cache=/nonexistent"),
 ])
 def test_bad_flag_values_are_one_error_line(name, arguments, fragment, tmp_path):
     result = _run_script(name, *arguments, f"--output={tmp_path / 'out'}")

@@ -20,26 +20,32 @@ from hagg_tf.training import multitask  # noqa: E402
 from hagg_tf.training.multitask import (BackboneConfig, backbone_parts,  # noqa: E402
                                         calibrate_backbone, load_backbone, networks_from_backbone,
                                         per_image_targets, read_backbone_history,
-                                        train_backbone, train_stack_heads)
+                                        train_backbone)
 
 NU = 3
 
 
 def _config(cache, output, **overrides):
     settings = dict(architecture="fine", image_size=networks.minimum_image_size("fine"),
-                    epochs=2, batch_size=4, steps_per_epoch=2, num_images=NU, stack_epochs=2)
+                    epochs=2, batch_size=4, steps_per_epoch=2, num_images=NU, stack_epochs=2,
+                    sample_head_epochs=2)
     settings.update(overrides)
     return BackboneConfig(str(cache), str(output), **settings)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_fine_cache, tmp_path_factory):
-    """A finished two-epoch run with its ν-image heads."""
+    """A finished two-epoch run with its ν-image heads and sample heads (the whole recipe,
+    which passes f over the train and validation images once for both kinds of heads)."""
     _, cache = tiny_fine_cache
     config = _config(cache, tmp_path_factory.mktemp("backbone") / "run")
-    summary = train_backbone(config, verbose=0)
-    calibrate_backbone(config)
-    train_stack_heads(config)
+    passes, original = [], multitask._split_features
+    multitask._split_features = lambda *args: passes.append(args) or original(*args)
+    try:
+        summary = multitask.train_shared_networks(config, verbose=0)
+    finally:
+        multitask._split_features = original
+    assert len(passes) == 1
     return config, summary
 
 
@@ -81,8 +87,11 @@ def test_a_run_out_of_budget_resumes_where_it_stopped(tiny_fine_cache, tmp_path)
 def test_a_second_stage_starts_from_the_calibrated_weights_of_the_first(trained, tmp_path):
     config, _ = trained
     second = _config(config.pooled_cache, tmp_path / "second", epochs=1, steps_per_epoch=1,
-                     learning_rate=1e-12, initial_weights=config.output)
-    assert train_backbone(second, verbose=0)["status"] == "complete"
+                     learning_rate=1e-12, initial_weights=config.output, sample_head_epochs=0)
+    assert multitask.train_shared_networks(second, verbose=0)["status"] == "complete"
+    # An intermediate stage without sample heads: its export keeps the plain means.
+    assert (tmp_path / "second" / multitask.STACK_HEADS).is_file()
+    assert multitask.load_sample_heads(second.output) is None
     start_f, start_heads = backbone_parts(load_backbone(config.output))
     after_f, after_heads = backbone_parts(load_backbone(second.output, "last"))
     fresh, _ = multitask.build_backbone_model("fine", config.image_size, keras)
@@ -193,6 +202,93 @@ def test_export_records_that_no_network_takes_the_inverse_images(trained, tmp_pa
     expected = np.asarray(models["tio2_cluster_size"](images[..., np.newaxis],
                                                       training=False))[:, 0]
     np.testing.assert_allclose(outputs[0]["tio2_cluster_size_raw"].numpy(), expected, atol=2e-5)
+
+
+def test_the_sample_heads_are_fitted_exported_and_used_by_every_runtime(trained, tmp_path):
+    from hagg_tf.data.sample_heads import SAMPLE_HEADS_FILE
+    from hagg_tf.estimation.model import CharacterizeModel, export_sample_heads
+    from hagg_tf.estimation.uncertainty import estimate_with_uncertainty
+    from hagg_tf.export.from_training import export_from_backbone, export_from_composite
+
+    config, _ = trained
+    summary = json.loads((pathlib.Path(config.output) / "training.json").read_text())
+    assert set(summary["sample_heads"]["validation_mae"]) == {"fractal_dimension",
+                                                                "mixing_ratio"}
+    heads = multitask.load_sample_heads(config.output)
+    written = export_from_backbone(config.output, tmp_path, kernel_dtype="float32")
+    version_dir = written["composite"]
+    metadata = json.loads((version_dir / "hagg_tf_export.json").read_text())
+    assert metadata["estimators"]["sample_heads"]["file"] == SAMPLE_HEADS_FILE
+    assert metadata["model_card"]["training"]["shared_backbone"]["sample_heads"] == \
+        summary["sample_heads"]
+    assert "sample heads of θ̂_Df and θ̂_ρ" in (version_dir / "TRAINING.md").read_text()
+    exported = export_sample_heads(version_dir, metadata)
+    for (kernel, bias), (kernel_0, bias_0) in zip(exported.layers["mixing_ratio"],
+                                                  heads.layers["mixing_ratio"]):
+        np.testing.assert_array_equal(kernel, kernel_0)
+        np.testing.assert_array_equal(bias, bias_0)
+    model = CharacterizeModel(version_dir)
+    rng = np.random.default_rng(3)
+    size = config.image_size
+    counts = rng.poisson(40, (NU + 2, size, size)).astype(np.float32)
+    electrons = np.full(NU + 2, 100.0, np.float32)
+    graph = model.estimate(counts, electrons)                   # serving_default
+    numpy_path, _ = estimate_with_uncertainty(model, counts, electrons, resamples=0)
+    expected = heads(graph.fractal_dimension_per_image, graph.mixing_ratio_regressor_per_image,
+                     graph.homogeneous_probability_per_image)
+    for estimate in (graph, numpy_path):
+        assert estimate.fractal_dimension == pytest.approx(
+            float(expected["fractal_dimension"]), abs=1e-5)
+        assert estimate.mixing_ratio == pytest.approx(float(expected["mixing_ratio"]), abs=1e-5)
+        assert estimate.fractal_dimension_images_mean == pytest.approx(
+            float(graph.fractal_dimension_per_image.mean()), abs=1e-5)
+
+    # A composite export refitted on the same pooled cache gets the same heads: the rebuilt
+    # networks carry the calibrated backbone's f and heads exactly.
+    refitted = export_from_composite(version_dir, tmp_path / "refit", version=2,
+                                     per_network=False, composite=True, kernel_dtype="float32",
+                                     sample_heads_cache=config.pooled_cache,
+                                     sample_head_epochs=config.sample_head_epochs,
+                                     seed=config.seed)["composite"]
+    refit_metadata = json.loads((refitted / "hagg_tf_export.json").read_text())
+    record = refit_metadata["model_card"]["training"]["shared_backbone"]["sample_heads"]
+    assert record["validation_mae"] == pytest.approx(summary["sample_heads"]["validation_mae"],
+                                                     abs=1e-6)
+    assert "pooled cache" in record["how"]
+    log = (refitted / "TRAINING.md").read_text()
+    assert log.startswith((version_dir / "TRAINING.md").read_text().rstrip("\n"))
+    assert log.rstrip("\n").splitlines()[-1].startswith("- sample heads of θ̂_Df and θ̂_ρ")
+    for target in heads.layers:
+        for (kernel, bias), (kernel_0, bias_0) in zip(
+                export_sample_heads(refitted, refit_metadata).layers[target],
+                heads.layers[target]):
+            np.testing.assert_allclose(kernel, kernel_0, atol=1e-6)
+            np.testing.assert_allclose(bias, bias_0, atol=1e-6)
+    with pytest.raises(ValueError, match="pooled cache of the train and validation split"):
+        export_from_composite(version_dir, tmp_path / "none", composite=True,
+                              per_network=False, sample_heads_cache=tmp_path / "no_cache")
+
+    (version_dir / SAMPLE_HEADS_FILE).unlink()
+    with pytest.raises(ValueError, match="sample heads stored there"):
+        export_sample_heads(version_dir, metadata)
+
+
+def test_a_backbone_is_rebuilt_only_from_networks_that_share_one_f(trained):
+    config, _ = trained
+    models = networks_from_backbone(config.output, image_size=config.image_size,
+                                    num_images=NU, architecture=config.architecture)
+    rebuilt = multitask.backbone_from_networks(models, config.architecture, config.image_size)
+    feature_extractor, heads = backbone_parts(rebuilt)
+    original_f, original_heads = backbone_parts(load_backbone(config.output))
+    for left, right in zip(feature_extractor.get_weights(), original_f.get_weights()):
+        np.testing.assert_array_equal(left, right)
+    for name in SINGLE_IMAGE_NETWORKS:
+        for left, right in zip(heads[name].get_weights(), original_heads[name].get_weights()):
+            np.testing.assert_array_equal(left, right)
+    f_of_one = networks.get_feature_extractor(models[SINGLE_IMAGE_NETWORKS[-1]])
+    f_of_one.set_weights([weight + 1.0 for weight in f_of_one.get_weights()])
+    with pytest.raises(ValueError, match="do not share one feature extractor"):
+        multitask.backbone_from_networks(models, config.architecture, config.image_size)
 
 
 def test_the_paper_networks_keep_the_inverse_images():

@@ -11,6 +11,12 @@ Examples:
   hagg-export-models --backbone=work/training/shared_fine --dataset=work/datasets/realistic \
       --output=saved_models --version=3 --kernel_dtype=float32
 
+  # the shipped composite again, with new sample heads of θ̂_Df and θ̂_ρ fitted on the pooled
+  # cache of its training database (hagg-train-backbone --pooled_cache), evaluated:
+  hagg-export-models --from_composite=saved_models/characterize/3 --output=work/saved_models \
+      --version=3 --kernel_dtype=float32 --sample_heads_cache=work/cache/realistic_pool2 \
+      --evaluate_dataset=work/datasets/realistic
+
   # per-network SavedModels (TF Serving, one model each) recreated from a shipped composite:
   hagg-export-models --from_composite=saved_models --per_network --nocomposite \
       --output=work/saved_models
@@ -54,6 +60,12 @@ _PER_NETWORK = flags.DEFINE_bool("per_network", False, "Write one SavedModel per
 _EVALUATE = flags.DEFINE_string("evaluate_dataset", None,
                                 "Measure the composite's accuracy on this database's "
                                 "evaluation split and store it in the model card.")
+_SAMPLE_HEADS_CACHE = flags.DEFINE_string(
+    "sample_heads_cache", None, "With --from_composite: fit new sample heads of θ̂_Df and θ̂_ρ "
+    "(hagg_tf.data.sample_heads) on this pooled cache of the networks' training database "
+    "(hagg-train-backbone --pooled_cache); default: keep the source's.")
+_SAMPLE_HEAD_EPOCHS = flags.DEFINE_integer("sample_head_epochs", 120,
+                                           "Epochs of that fit.", lower_bound=1)
 _PLACEHOLDER = flags.DEFINE_bool("placeholder", False,
                                  "Mark the networks as placeholders in the model card.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "last"], "Checkpoint of each run.")
@@ -82,6 +94,15 @@ def main(argv):
             fail(f"--dataset={_DATASET.value}: no database (manifest.json) there")
     elif _DATASET.value is not None:
         fail("--dataset goes with --backbone")
+    if _SAMPLE_HEADS_CACHE.value is not None:
+        if _FROM_COMPOSITE.value is None:
+            fail("--sample_heads_cache goes with --from_composite (a --backbone run fits its "
+                 "own sample heads)")
+        if not pathlib.Path(_SAMPLE_HEADS_CACHE.value).is_dir():
+            fail(f"--sample_heads_cache={_SAMPLE_HEADS_CACHE.value}: no such directory")
+    if _EVALUATE.value is not None and not (pathlib.Path(_EVALUATE.value)
+                                            / "manifest.json").is_file():
+        fail(f"--evaluate_dataset={_EVALUATE.value}: no database (manifest.json) there")
     if not (_COMPOSITE.value or _PER_NETWORK.value):
         fail("nothing to do: --nocomposite without --per_network")
     if _RUNS.value is not None:
@@ -126,7 +147,9 @@ def main(argv):
             written = export_from_composite(
                 _FROM_COMPOSITE.value, _OUTPUT.value, version=_VERSION.value,
                 overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
-                composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value, litert=litert)
+                composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value, litert=litert,
+                evaluate_dataset=_EVALUATE.value, sample_heads_cache=_SAMPLE_HEADS_CACHE.value,
+                sample_head_epochs=_SAMPLE_HEAD_EPOCHS.value)
     except (FileExistsError, FileNotFoundError, ValueError, LiteRTConversionError) as error:
         fail(str(error))
     for key, path in written.items():

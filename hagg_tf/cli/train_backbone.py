@@ -43,6 +43,10 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 12, "ν of the multi-image netw
                                    lower_bound=1)
 _STACK_EPOCHS = flags.DEFINE_integer("stack_epochs", 60, "Epochs of the ν-image heads.",
                                      lower_bound=1)
+_SAMPLE_HEAD_EPOCHS = flags.DEFINE_integer(
+    "sample_head_epochs", 120, "Epochs of the sample heads of θ̂_Df and θ̂_ρ "
+    "(hagg_tf.data.sample_heads), fitted on the finished backbone's per-image outputs; 0: "
+    "none (an intermediate stage: its export keeps the plain means).", lower_bound=0)
 _INITIAL = flags.DEFINE_string("initial_weights", None,
                                "A finished backbone run directory whose calibrated weights start "
                                "this run (a second stage with its own cosine cycle of --epochs "
@@ -81,7 +85,8 @@ def main(argv):
             learning_rate=_LEARNING_RATE.value, seed=_SEED.value,
             max_wall_seconds=None if _MAX_WALL.value is None else 60 * _MAX_WALL.value,
             steps_per_epoch=_STEPS.value, num_images=_NUM_IMAGES.value,
-            stack_epochs=_STACK_EPOCHS.value, initial_weights=_INITIAL.value)
+            stack_epochs=_STACK_EPOCHS.value, sample_head_epochs=_SAMPLE_HEAD_EPOCHS.value,
+            initial_weights=_INITIAL.value)
         summary = train_shared_networks(config, _DATASET.value, workers=_WORKERS.value,
                                         verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, ValueError) as error:
@@ -91,11 +96,14 @@ def main(argv):
               "(wall budget spent); rerun the same command to continue")
         return
     heads = (summary.get("stack_heads") or {}).get("validation_mae") or {}
+    sample_heads = (summary.get("sample_heads") or {}).get("validation_mae") or {}
     after = (summary.get("calibration") or {}).get("after") or {}
     print(f"{_OUTPUT.value}: complete, {summary.get('epochs_done')} epochs, "
           f"{(summary.get('wall_s_total') or 0) / 60:.1f} min; validation "
           + ", ".join(f"{key} {value:.3f}" for key, value in {**after, **{
               f"{name}_nu_mae": value for name, value in heads.items()
+              if value is not None}, **{
+              f"{name}_sample_head_mae": value for name, value in sample_heads.items()
               if value is not None}}.items()))
 
 

@@ -6,6 +6,9 @@ For ``n`` images I_1..I_n of one sample (``n ≥ ν``):
 * ρ̂(I) = η(CNN^ρ_reg(I)) if CNN^ρ_class(I) > 0.5, else CNN^ρ_reg(I) (Sec. 2.3.3), with η the
   rounding to {0, 1}; θ̂_ρ = (1/n) Σ_i ρ̂(I_i) (Eq. 14). The regressor-only estimate
   (1/n) Σ_i CNN^ρ_reg(I_i) is kept beside it (the paper's "regressor only" column).
+* With sample heads (:mod:`hagg_tf.data.sample_heads`, in the exports that have them), θ̂_Df and
+  θ̂_ρ are the heads' outputs on summaries of the n per-image outputs instead; the means above
+  are kept beside them (``fractal_dimension_images_mean``, ``mixing_ratio_images_mean``).
 * θ̂_0 = η(CNN^0(I(B))) and θ̂_1 = η(CNN^1(I(B))) (Eq. 15, Sec. 2.3.5; CNN^1 sees the inverse-
   intensity images), η rounding to the nearest integer (ties to even, as numpy and TensorFlow
   do). With ``n = ν`` the stack is the images in the given order, as in the paper. With ``n > ν``
@@ -27,6 +30,7 @@ import numpy as np
 # CLASSIFIER_THRESHOLD: CNN^ρ_class output above which an image counts as homogeneous (Sec.
 # 2.3.3), from the registry of the networks (re-exported here).
 from hagg_tf.data.network_specs import CLASSIFIER_THRESHOLD  # noqa: F401
+from hagg_tf.data.sample_heads import SampleHeads
 from hagg_tf.model.parameters import ModelParameters
 
 #: θ_Df of digital shadows is clipped into this closed interval inside the model's (1, 3).
@@ -83,8 +87,8 @@ class ThetaEstimate:
     """θ̂ of one sample with every network's raw output.
 
     Attributes:
-        fractal_dimension: θ̂_Df (Eq. 13).
-        mixing_ratio: θ̂_ρ with the classifier (Eq. 14).
+        fractal_dimension: θ̂_Df (Eq. 13, or the sample head).
+        mixing_ratio: θ̂_ρ with the classifier (Eq. 14, or the sample head).
         mixing_ratio_regressor_only: mean CNN^ρ_reg output.
         wo3_cluster_size: θ̂_0, rounded (may be 0 if the network outputs < 0.5).
         wo3_cluster_size_raw: CNN^0 output before rounding (mean over the ν-subsets).
@@ -96,6 +100,9 @@ class ThetaEstimate:
         mixing_ratio_per_image: (n,) ρ̂(I_i).
         wo3_cluster_size_per_subset: (k,) CNN^0 on each ν-subset.
         tio2_cluster_size_per_subset: (k,) CNN^1 on each ν-subset.
+        fractal_dimension_images_mean: the mean of Eq. 13 (None: equal to
+            ``fractal_dimension``, from an export without sample heads).
+        mixing_ratio_images_mean: the mean of Eq. 14 (None: equal to ``mixing_ratio``).
     """
 
     fractal_dimension: float
@@ -111,6 +118,15 @@ class ThetaEstimate:
     mixing_ratio_per_image: np.ndarray
     wo3_cluster_size_per_subset: np.ndarray
     tio2_cluster_size_per_subset: np.ndarray
+    fractal_dimension_images_mean: Optional[float] = None
+    mixing_ratio_images_mean: Optional[float] = None
+
+    def __post_init__(self):
+        # Without sample heads θ̂_Df and θ̂_ρ are the means themselves.
+        if self.fractal_dimension_images_mean is None:
+            object.__setattr__(self, "fractal_dimension_images_mean", self.fractal_dimension)
+        if self.mixing_ratio_images_mean is None:
+            object.__setattr__(self, "mixing_ratio_images_mean", self.mixing_ratio)
 
     @property
     def num_images(self) -> int:
@@ -170,6 +186,9 @@ class ThetaEstimate:
         def value(key):
             return np.asarray(outputs[key])[row]
 
+        def optional(key):  # outputs of exports written since the sample heads
+            return float(value(key)) if key in outputs else None
+
         return cls(
             fractal_dimension=float(value("fractal_dimension")),
             mixing_ratio=float(value("mixing_ratio")),
@@ -187,13 +206,16 @@ class ThetaEstimate:
             wo3_cluster_size_per_subset=value("wo3_cluster_size_per_subset").astype(np.float32),
             tio2_cluster_size_per_subset=value("tio2_cluster_size_per_subset")
             .astype(np.float32),
+            fractal_dimension_images_mean=optional("fractal_dimension_images_mean"),
+            mixing_ratio_images_mean=optional("mixing_ratio_images_mean"),
         )
 
 
 def estimate_theta(fractal_dimension: np.ndarray, mixing_ratio_regressor: np.ndarray,
                    homogeneous_probability: np.ndarray, wo3_cluster_size_per_subset: np.ndarray,
                    tio2_cluster_size_per_subset: np.ndarray,
-                   threshold: float = CLASSIFIER_THRESHOLD) -> ThetaEstimate:
+                   threshold: float = CLASSIFIER_THRESHOLD,
+                   sample_heads: Optional[SampleHeads] = None) -> ThetaEstimate:
     """θ̂ from the raw network outputs of one sample (Eqs. 13–15).
 
     Args:
@@ -203,6 +225,7 @@ def estimate_theta(fractal_dimension: np.ndarray, mixing_ratio_regressor: np.nda
         wo3_cluster_size_per_subset: (k,) CNN^0 per ν-subset (see :func:`cyclic_subsets`).
         tio2_cluster_size_per_subset: (k,) CNN^1 per ν-subset.
         threshold: classifier threshold.
+        sample_heads: θ̂_Df and θ̂_ρ from these heads; None: the means of Eqs. 13–14.
 
     Returns:
         The estimate.
@@ -216,9 +239,14 @@ def estimate_theta(fractal_dimension: np.ndarray, mixing_ratio_regressor: np.nda
         raise ValueError("the per-image outputs must have the same, non-zero length")
     combined = combine_mixing_ratio(regressor, probability, threshold)
     wo3_raw, tio2_raw = float(wo3.mean()), float(tio2.mean())
+    means = {"fractal_dimension": float(fractal_dimension.mean()),
+             "mixing_ratio": float(combined.mean())}
+    estimated = dict(means) if sample_heads is None else {
+        key: float(value) for key, value in
+        sample_heads(fractal_dimension, regressor, probability).items()}
     return ThetaEstimate(
-        fractal_dimension=float(fractal_dimension.mean()),
-        mixing_ratio=float(combined.mean()),
+        fractal_dimension=estimated["fractal_dimension"],
+        mixing_ratio=estimated["mixing_ratio"],
         mixing_ratio_regressor_only=float(regressor.mean()),
         wo3_cluster_size=round_cluster_size(wo3_raw),
         wo3_cluster_size_raw=wo3_raw,
@@ -230,12 +258,15 @@ def estimate_theta(fractal_dimension: np.ndarray, mixing_ratio_regressor: np.nda
         mixing_ratio_per_image=combined,
         wo3_cluster_size_per_subset=wo3,
         tio2_cluster_size_per_subset=tio2,
+        fractal_dimension_images_mean=means["fractal_dimension"],
+        mixing_ratio_images_mean=means["mixing_ratio"],
     )
 
 
 def estimate_with_networks(models: Mapping[str, Any], counts: np.ndarray,
                            electrons_per_pixel: np.ndarray, batch_size: int = 16,
-                           inverse_networks: Optional[Iterable[str]] = None) -> ThetaEstimate:
+                           inverse_networks: Optional[Iterable[str]] = None,
+                           sample_heads: Optional[SampleHeads] = None) -> ThetaEstimate:
     """θ̂ of one sample computed with the five Keras networks (reference path; evaluation).
 
     Runs each network on its own, with the numpy preprocessing
@@ -250,6 +281,8 @@ def estimate_with_networks(models: Mapping[str, Any], counts: np.ndarray,
         inverse_networks: names of the networks that take the 1/p images; None: the paper's
             (CNN^1). An export records its own
             (:func:`hagg_tf.data.network_specs.inverse_intensity_networks` of its metadata).
+        sample_heads: the export's sample heads (:meth:`CompositeRuntime.sample_heads
+            <hagg_tf.estimation.model.CompositeRuntime.sample_heads>`); None: Eqs. 13–14.
 
     Returns:
         The estimate.
@@ -282,7 +315,7 @@ def estimate_with_networks(models: Mapping[str, Any], counts: np.ndarray,
     return estimate_theta(single("fractal_dimension"), single("mixing_ratio_regressor"),
                           single("mixing_ratio_classifier"),
                           *(multi(name, inverted if name in inverse_networks else plain)
-                            for name in MULTI_IMAGE_NETWORKS))
+                            for name in MULTI_IMAGE_NETWORKS), sample_heads=sample_heads)
 
 
 def theta_errors(estimate: ThetaEstimate, truth: ModelParameters) -> dict[str, float]:

@@ -136,5 +136,5 @@ class LiteRTCharacterizeModel(CompositeRuntime):
         counts = self._check_sample(counts)
         outputs = self.per_image(counts, np.asarray(electrons_per_pixel).reshape(-1))
         estimate, _ = bootstrap_theta(outputs, self.cluster_heads, self.num_images,
-                                      resamples=0)
+                                      resamples=0, sample_heads=self.sample_heads)
         return estimate

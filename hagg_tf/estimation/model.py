@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from hagg_tf.data.sample_heads import SampleHeads
 from hagg_tf.estimation.estimators import ThetaEstimate
 from hagg_tf.model.io import read_json_record
 
@@ -82,6 +83,25 @@ def read_metadata(version_dir: Union[str, os.PathLike]) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: not a hagg_tf characterize export")
     return read_json_record(path, METADATA_FORMAT, "characterize export's metadata")
+
+
+def export_sample_heads(version_dir: Union[str, os.PathLike], metadata: dict
+                        ) -> Optional[SampleHeads]:
+    """The sample heads of a composite export (:mod:`hagg_tf.data.sample_heads`), None for an
+    export without them (θ̂_Df and θ̂_ρ are then the means of Eqs. 13–14).
+
+    Raises:
+        ValueError: the metadata names a sample-heads file that is missing or unreadable.
+    """
+    record = (metadata.get("estimators") or {}).get("sample_heads")
+    if not record:
+        return None
+    path = pathlib.Path(version_dir) / record["file"]
+    try:
+        return SampleHeads.load(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path} missing: the export's metadata says θ̂_Df and θ̂_ρ come from "
+                         "sample heads stored there (copy the whole version directory)") from None
 
 
 def shipped_models_dir() -> pathlib.Path:
@@ -176,6 +196,13 @@ class CompositeRuntime:
     def model_card(self) -> dict:
         """What the networks were trained on and how well they do (may be empty)."""
         return dict(self.metadata.get("model_card") or {})
+
+    @property
+    def sample_heads(self) -> Optional[SampleHeads]:
+        """The export's sample heads of θ̂_Df and θ̂_ρ (:func:`export_sample_heads`), read once."""
+        if not hasattr(self, "_sample_heads"):
+            self._sample_heads = export_sample_heads(self.version_dir, self.metadata)
+        return self._sample_heads
 
     def _check_sample(self, counts: np.ndarray) -> np.ndarray:
         """``counts`` of :meth:`estimate` as an array, refused unless (n, H, W) with n ≥ ν."""

@@ -7,6 +7,8 @@ another set of n images of the same sample is estimated by the nonparametric boo
 
 * θ̂*_Df = mean of CNN^Df over the resample's images (Eq. 13);
 * θ̂*_ρ = mean of ρ̂(I) (:func:`~hagg_tf.estimation.estimators.combine_mixing_ratio`, Eq. 14);
+  with an export's sample heads (:mod:`hagg_tf.data.sample_heads`), θ̂*_Df and θ̂*_ρ are the
+  heads on the resample's per-image outputs instead, as for θ̂;
 * θ̂*_0, θ̂*_1 = the heads g of CNN^0 / CNN^1 averaged over the cyclic ν-subsets
   (:func:`~hagg_tf.estimation.estimators.cyclic_subsets`) of the resample, in the resample's
   order, then rounded (Eq. 15).
@@ -27,6 +29,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from hagg_tf.data.sample_heads import SampleHeads
 from hagg_tf.estimation.estimators import ThetaEstimate, cyclic_subsets, estimate_theta
 from hagg_tf.estimation.model import (CLUSTER_HEAD_OUTPUTS, PER_IMAGE_OUTPUTS, TIO2_FEATURES,
                                       WO3_FEATURES)
@@ -185,7 +188,8 @@ def _heads(cluster_heads: Callable, wo3_features: np.ndarray, tio2_features: np.
 
 
 def bootstrap_theta(outputs: Mapping[str, Any], cluster_heads: Callable, num_images: int, *,
-                    resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+                    resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    sample_heads: Optional[SampleHeads] = None
                     ) -> tuple[ThetaEstimate, Optional[ThetaUncertainty]]:
     """θ̂ from all images and its bootstrap replicates, from the per-image outputs.
 
@@ -201,6 +205,7 @@ def bootstrap_theta(outputs: Mapping[str, Any], cluster_heads: Callable, num_ima
         num_images: ν, the images per stack of the heads.
         resamples: B; 0 computes θ̂ only.
         seed: seed of the resampling.
+        sample_heads: the export's sample heads of θ̂_Df and θ̂_ρ (None: Eqs. 13–14).
 
     Returns:
         (θ̂ as :func:`estimate_theta` gives it from all n images, the uncertainty or None when
@@ -222,11 +227,12 @@ def bootstrap_theta(outputs: Mapping[str, Any], cluster_heads: Callable, num_ima
     wo3, tio2 = _heads(cluster_heads, wo3_features, tio2_features,
                        stacks.reshape(-1, num_images))
     wo3, tio2 = wo3.reshape(len(stacks), -1), tio2.reshape(len(stacks), -1)
-    estimate = estimate_theta(fractal_dimension, regressor, probability, wo3[0], tio2[0])
+    estimate = estimate_theta(fractal_dimension, regressor, probability, wo3[0], tio2[0],
+                              sample_heads=sample_heads)
     if not resamples:
         return estimate, None
     replicates = [estimate_theta(fractal_dimension[rows], regressor[rows], probability[rows],
-                                 wo3[number + 1], tio2[number + 1])
+                                 wo3[number + 1], tio2[number + 1], sample_heads=sample_heads)
                   for number, rows in enumerate(indices)]
     return estimate, ThetaUncertainty(
         resamples=resamples, seed=int(seed), num_images=count, estimate=estimate.theta,
@@ -258,5 +264,6 @@ def estimate_with_uncertainty(model, counts: np.ndarray, electrons_per_pixel: np
         raise ValueError(f"expected (n, H, W) images of one sample, got shape {counts.shape}")
     outputs = model.per_image(counts, np.asarray(electrons_per_pixel).reshape(-1))
     return bootstrap_theta(outputs, model.cluster_heads, model.num_images,
-                           resamples=resamples, seed=seed)
+                           resamples=resamples, seed=seed,
+                           sample_heads=getattr(model, "sample_heads", None))
 

@@ -162,7 +162,8 @@ def groups_for(predictions: Predictions, nu: int, seed: int = 0) -> np.ndarray:
 
 
 def theta_level_estimates(predictions: Predictions, groups: np.ndarray) -> dict[str, np.ndarray]:
-    """θ̂_Df and θ̂_ρ of every group from the per-image outputs (Eqs. 13, 14).
+    """θ̂_Df and θ̂_ρ of every group from the per-image outputs (Eqs. 13, 14, or the model's
+    sample heads when the predictions carry them).
 
     Args:
         predictions: the predictions.
@@ -170,7 +171,9 @@ def theta_level_estimates(predictions: Predictions, groups: np.ndarray) -> dict[
 
     Returns:
         (G,) arrays ``theta`` (G, 4) preset θ, ``fractal_dimension`` θ̂_Df,
-        ``mixing_ratio`` θ̂_ρ with the classifier, ``mixing_ratio_regressor_only`` the mean
+        ``mixing_ratio`` θ̂_ρ (the sample heads' where the predictions have them, else the
+        means), ``fractal_dimension_images_mean`` and ``mixing_ratio_images_mean`` the means of
+        Eqs. 13–14 (with the classifier), ``mixing_ratio_regressor_only`` the mean
         CNN^ρ_reg output, ``mixing_ratio_true_per_image`` the mean of the true ρ(A) (Eq. 14's
         floor), and the baselines' group means where the file has them (NaN images
         left out of a group's mean).
@@ -181,9 +184,9 @@ def theta_level_estimates(predictions: Predictions, groups: np.ndarray) -> dict[
         np.empty((0, 4))
     result = {
         "theta": theta,
-        "fractal_dimension": np.asarray(arrays["fractal_dimension_pred"],
-                                        np.float64)[groups].mean(axis=1),
-        "mixing_ratio": per_image_mixing_ratio(predictions)[groups].mean(axis=1),
+        "fractal_dimension_images_mean": np.asarray(arrays["fractal_dimension_pred"],
+                                                    np.float64)[groups].mean(axis=1),
+        "mixing_ratio_images_mean": per_image_mixing_ratio(predictions)[groups].mean(axis=1),
         "mixing_ratio_regressor_only": np.asarray(arrays["mixing_ratio_regressor_pred"],
                                                   np.float64)[groups].mean(axis=1),
         # Eq. 14 with exact per-image ratios: ρ(A) itself spreads around θ_ρ (Fig. 4), so no
@@ -197,6 +200,15 @@ def theta_level_estimates(predictions: Predictions, groups: np.ndarray) -> dict[
             finite = np.isfinite(values)
             with np.errstate(invalid="ignore", divide="ignore"):
                 result[key] = np.where(finite, values, 0.0).sum(axis=1) / finite.sum(axis=1)
+    heads = predictions.sample_heads
+    if heads is None or not groups.size:
+        result["fractal_dimension"] = result["fractal_dimension_images_mean"]
+        result["mixing_ratio"] = result["mixing_ratio_images_mean"]
+    else:
+        estimated = heads(*(np.asarray(arrays[key])[groups] for key in (
+            "fractal_dimension_pred", "mixing_ratio_regressor_pred",
+            "homogeneous_probability_pred")))
+        result.update({key: np.asarray(value, np.float64) for key, value in estimated.items()})
     return result
 
 
@@ -274,11 +286,14 @@ def mae_versus_nu(predictions: Predictions, nus: Iterable[int] = FIG9_NUS, seed:
 
     Returns:
         Per parameter: ``nu`` (list), ``mae`` (list, NaN where no group of that size fits) and
-        ``groups`` (groups per ν); θ_ρ also ``mae_regressor_only``, θ_0/θ_1 also ``mae_raw``.
+        ``groups`` (groups per ν); θ_Df and θ_ρ also ``mae_images_mean`` (the means of Eqs.
+        13–14, equal to ``mae`` without sample heads), θ_ρ ``mae_regressor_only``, θ_0/θ_1
+        ``mae_raw``.
     """
     arrays = predictions.arrays
-    result = {"fractal_dimension": {"nu": [], "mae": [], "groups": []},
-              "mixing_ratio": {"nu": [], "mae": [], "mae_regressor_only": [], "groups": []}}
+    result = {"fractal_dimension": {"nu": [], "mae": [], "mae_images_mean": [], "groups": []},
+              "mixing_ratio": {"nu": [], "mae": [], "mae_images_mean": [],
+                               "mae_regressor_only": [], "groups": []}}
     for nu in nus:
         groups = groups_for(predictions, int(nu), seed)
         estimates = theta_level_estimates(predictions, groups)
@@ -289,6 +304,8 @@ def mae_versus_nu(predictions: Predictions, nus: Iterable[int] = FIG9_NUS, seed:
             entry["groups"].append(int(len(groups)))
             entry["mae"].append(mean_absolute_error(theta[:, THETA_COLUMNS[name]],
                                                     estimates[name]))
+            entry["mae_images_mean"].append(mean_absolute_error(
+                theta[:, THETA_COLUMNS[name]], estimates[f"{name}_images_mean"]))
         result["mixing_ratio"]["mae_regressor_only"].append(mean_absolute_error(
             theta[:, 1], estimates["mixing_ratio_regressor_only"]))
     for network in CLUSTER_SIZE_NETWORKS:
@@ -326,7 +343,8 @@ def fractal_dimension_metrics(predictions: Predictions, nu: int = DEFAULT_NU, se
     """Fig. 10: D̂_f(I) − D_f(A) per image and θ̂_Df − θ_Df per group of ν.
 
     Returns:
-        ``per_image`` and ``per_theta`` error summaries (:func:`error_summary`), and
+        ``per_image`` and ``per_theta`` error summaries (:func:`error_summary`),
+        ``per_theta_images_mean`` (the mean of Eq. 13, without the sample head), and
         ``per_theta_by_preset`` (mean error and MAE per preset θ_Df: the paper's over-estimate at
         small θ_Df and under-estimate at large).
     """
@@ -337,6 +355,8 @@ def fractal_dimension_metrics(predictions: Predictions, nu: int = DEFAULT_NU, se
     per_theta = estimates["fractal_dimension"] - estimates["theta"][:, 0]
     return {"nu": nu, "per_image": error_summary(per_image),
             "per_theta": error_summary(per_theta),
+            "per_theta_images_mean": error_summary(estimates["fractal_dimension_images_mean"]
+                                                   - estimates["theta"][:, 0]),
             "per_theta_by_preset": _by_preset(estimates["theta"][:, 0], per_theta)}
 
 
@@ -345,7 +365,9 @@ def mixing_ratio_metrics(predictions: Predictions, nu: int = DEFAULT_NU, seed: i
 
     Returns:
         ``per_image_regressor_only``, ``per_image_with_classifier``, ``per_theta_regressor_only``,
-        ``per_theta_with_classifier``, ``per_theta_true_per_image`` (θ̂_ρ from the exact ρ(A)
+        ``per_theta_with_classifier`` (the means of Eq. 14), ``per_theta`` (θ̂_ρ as the model
+        gives it: the sample head's where the predictions have it, else the mean with the
+        classifier), ``per_theta_true_per_image`` (θ̂_ρ from the exact ρ(A)
         of the group's images: the floor of Eq. 14, set by the spread of ρ(A) around θ_ρ) (error
         summaries) and ``bias_at_extremes``: the mean error
         for aggregates with ρ(A) ∈ [0, 0.1] and ∈ [0.9, 1] (the paper: about 0.04 / −0.1 for the
@@ -364,7 +386,9 @@ def mixing_ratio_metrics(predictions: Predictions, nu: int = DEFAULT_NU, seed: i
         "per_image_with_classifier": error_summary(combined),
         "per_theta_regressor_only": error_summary(estimates["mixing_ratio_regressor_only"]
                                                   - preset),
-        "per_theta_with_classifier": error_summary(estimates["mixing_ratio"] - preset),
+        "per_theta_with_classifier": error_summary(estimates["mixing_ratio_images_mean"]
+                                                   - preset),
+        "per_theta": error_summary(estimates["mixing_ratio"] - preset),
         "per_theta_true_per_image": error_summary(estimates["mixing_ratio_true_per_image"]
                                                   - preset),
         "bias_at_extremes": {
@@ -584,7 +608,8 @@ def select_shadow_pairs(predictions: Predictions, count: int = DEFAULT_SHADOW_TH
             np.asarray(arrays["mixing_ratio_regressor_pred"])[rows],
             np.asarray(arrays["homogeneous_probability_pred"])[rows],
             [np.asarray(arrays[f"wo3_cluster_size_pred_nu{nu}"])[group]],
-            [np.asarray(arrays[f"tio2_cluster_size_pred_nu{nu}"])[group]])
+            [np.asarray(arrays[f"tio2_cluster_size_pred_nu{nu}"])[group]],
+            sample_heads=predictions.sample_heads)
         theta = np.asarray(arrays["theta"], np.float64)[rows[0]]
         pairs.append(ShadowPair(
             theta_id=configurations[position], rows=tuple(int(row) for row in rows),
@@ -898,7 +923,8 @@ def evaluate_predictions(predictions: Predictions, *, nu: int = DEFAULT_NU, seed
                      "configurations": int(np.unique(predictions.arrays["theta_id"]).size),
                      "groups": int(len(predictions.groups(nu))),
                      "shadow_thetas": shadow_thetas, "shadow_aggregates": shadow_aggregates,
-                     "classifier_threshold": CLASSIFIER_THRESHOLD},
+                     "classifier_threshold": CLASSIFIER_THRESHOLD,
+                     "sample_heads": predictions.sample_heads is not None},
         "info": predictions.info,
         "fig09": mae_versus_nu(predictions, fig9_nus, seed),
         "fig10": fractal_dimension_metrics(predictions, nu, seed),

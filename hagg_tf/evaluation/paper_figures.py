@@ -175,8 +175,9 @@ def plot_fig11(predictions: Predictions, metrics: dict, path) -> Path:
                       fontsize=10)
     _boxes_by_value(axes[2], estimates["theta"][:, 1],
                     estimates["mixing_ratio"] - estimates["theta"][:, 1])
+    model_theta = fig11.get("per_theta", fig11["per_theta_with_classifier"])
     axes[2].set_title(f"(c) θ̂_ρ − θ_ρ, ν = {settings['nu']}: MAE "
-                      f"{_fmt(fig11['per_theta_with_classifier']['mae'])}", fontsize=10)
+                      f"{_fmt(model_theta['mae'])}", fontsize=10)
     axes[2].set_xlabel("θ_ρ")
     axes[2].set_ylabel("θ̂_ρ − θ_ρ")
     return _finish(figure, path)

@@ -26,7 +26,7 @@ from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, caches_split, iter_p
                                  iter_pooled_shards, sums_to_inputs)
 from hagg_tf.data.design import disjoint_groups
 from hagg_tf.data.network_specs import inverse_intensity_networks
-from hagg_tf.evaluation.predictions import Predictions
+from hagg_tf.evaluation.predictions import SAMPLE_HEADS_PREFIX, Predictions
 from hagg_tf.training.group_heads import fit_group_head, predict_in_chunks
 
 SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
@@ -35,6 +35,20 @@ SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
 MULTI_IMAGE_NETWORKS = ("wo3_cluster_size", "tio2_cluster_size")
 _CHUNK = 256
 _CHUNK_PIXELS = 1 << 22
+
+
+#: ``kind`` of a model description (:func:`load_networks`) for a composite export.
+COMPOSITE_KIND = "composite export"
+
+
+def model_sample_heads(model, description: dict):
+    """The sample heads of the model :func:`load_networks` described, None if it has none
+    (networks given in memory, training runs, an export without them)."""
+    from hagg_tf.estimation.model import export_sample_heads, find_model
+
+    if description.get("kind") != COMPOSITE_KIND:
+        return None
+    return export_sample_heads(*find_model(model))
 
 
 def load_networks(model=None) -> tuple[dict, dict]:
@@ -56,7 +70,7 @@ def load_networks(model=None) -> tuple[dict, dict]:
         return ({name: load_trained_network(pathlib.Path(model) / name)
                  for name in NETWORK_NAMES}, {"source": str(model), "kind": "training runs"})
     models, metadata = networks_from_composite(model)
-    return models, {"source": str(model or "shipped default"), "kind": "composite export",
+    return models, {"source": str(model or "shipped default"), "kind": COMPOSITE_KIND,
                     "architecture": metadata.get("architecture", "table3"),
                     "inverse_intensity_networks": sorted(inverse_intensity_networks(metadata)),
                     "model_card_status": (metadata.get("model_card") or {}).get("status")}
@@ -175,6 +189,10 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
         "num_particles": labels["num_particles"].astype(np.int64),
         **{key: outputs[key] for key in SINGLE_IMAGE_OUTPUTS.values()},
     }
+    heads = model_sample_heads(model, description)
+    if heads is not None:
+        arrays.update(heads.to_arrays(SAMPLE_HEADS_PREFIX))
+    description = {**description, "sample_heads": heads is not None}
     info = {"split": split, "dataset": str(dataset_dir), "model": description,
             "trained_nu": trained_nu, "group_heads": {}}
     other_nus = sorted({int(nu) for nu in nus} - {trained_nu})

@@ -28,6 +28,8 @@ key                                       shape       meaning
 ``tio2_cluster_size_pred_nu<ν>``          (G_ν,)      CNN^1 on the group, before rounding
 ``baseline_mixing_ratio_threshold``       (N,)        optional: threshold baseline ρ̂ (Sec. 4)
 ``baseline_fractal_dimension_box``        (N,)        optional: box-counting D̂_f (Sec. 4)
+``sample_heads/<target>/<layer>/…``       —           optional: the model's sample heads of θ̂_Df
+                                                      and θ̂_ρ (:mod:`hagg_tf.data.sample_heads`)
 ========================================  ==========  ================================================
 
 Scalars and strings go into ``info`` (a JSON string): split, dataset path, model description.
@@ -39,10 +41,11 @@ import json
 import os
 import pathlib
 import re
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
+from hagg_tf.data.sample_heads import SampleHeads, SampleHeadsError
 from hagg_tf.model.io import atomic_write
 
 #: Per-image arrays every predictions file has.
@@ -52,6 +55,8 @@ PER_IMAGE_KEYS = ("record_index", "theta_id", "theta", "fractal_dimension", "mix
 #: Optional per-image arrays of the classical baselines (Sec. 4).
 BASELINE_KEYS = ("baseline_mixing_ratio_threshold", "baseline_fractal_dimension_box")
 _GROUP_KEY = re.compile(r"^groups_nu(\d+)$")
+#: Prefix of the arrays of the model's sample heads in a predictions file.
+SAMPLE_HEADS_PREFIX = "sample_heads/"
 
 
 class PredictionsError(ValueError):
@@ -77,6 +82,12 @@ class Predictions:
         """The ν values with multi-image outputs, ascending."""
         return sorted(int(m.group(1)) for key in self.arrays
                       if (m := _GROUP_KEY.match(key)))
+
+    @property
+    def sample_heads(self) -> Optional[SampleHeads]:
+        """The model's sample heads of θ̂_Df and θ̂_ρ, None if the file has none (the model had
+        none, or the file was written before them: θ̂_Df and θ̂_ρ are then the means)."""
+        return SampleHeads.from_arrays(self.arrays, SAMPLE_HEADS_PREFIX)
 
     def groups(self, nu: int) -> np.ndarray:
         """(G, ν) image rows of the groups of size ``nu``."""
@@ -108,6 +119,10 @@ class Predictions:
                 if key in self.arrays and len(self.arrays[key]) != len(groups):
                     raise PredictionsError(f"{key} has {len(self.arrays[key])} rows, expected "
                                            f"{len(groups)}")
+        try:
+            self.sample_heads
+        except SampleHeadsError as error:
+            raise PredictionsError(str(error)) from None
 
 
 def save_predictions(predictions: Predictions, path: Union[str, os.PathLike]) -> pathlib.Path:

@@ -87,6 +87,7 @@ def main_table_rows(metrics: Mapping) -> list[list[str]]:
     box = baselines.get("baseline_fractal_dimension_box")
     threshold = baselines.get("baseline_mixing_ratio_threshold")
     at_six = _at_true_value(fig13, 6)
+    heads = bool((metrics.get("settings") or {}).get("sample_heads"))
     rows = [
         ["D̂_f per image: mean error / IQR",
          f"{paper['fractal_dimension_per_image_mean_error']} / "
@@ -94,8 +95,10 @@ def main_table_rows(metrics: Mapping) -> list[list[str]]:
          f"{_number(fig10['per_image']['mean'])} / {_number(fig10['per_image']['iqr'])}",
          (f"box counting: {_number(box['per_image']['mean'])} / "
           f"{_number(box['per_image']['iqr'])}" if box else _NOT_IN_FILE)],
-        ["θ̂_Df MAE", f"{paper['fractal_dimension_theta_mae']}",
-         _number(fig10["per_theta"]["mae"]),
+        ["θ̂_Df MAE" + (" (sample head; mean of Eq. 13 in brackets)" if heads else ""),
+         f"{paper['fractal_dimension_theta_mae']}",
+         _number(fig10["per_theta"]["mae"])
+         + (f" ({_number(fig10['per_theta_images_mean']['mae'])})" if heads else ""),
          f"box counting: {_number(box['per_theta']['mae'])}" if box else _NOT_IN_FILE],
         ["ρ̂ per image MAE, regressor only → with classifier",
          f"{paper['mixing_ratio_per_image_mae_regressor_only']} → "
@@ -109,6 +112,8 @@ def main_table_rows(metrics: Mapping) -> list[list[str]]:
          f"{_number(fig11['per_theta_regressor_only']['mae'])} → "
          f"{_number(fig11['per_theta_with_classifier']['mae'])}",
          f"threshold: {_number(threshold['per_theta']['mae'])}" if threshold else _NOT_IN_FILE],
+        *([["θ̂_ρ MAE, sample head (the model's θ̂_ρ)", "—",
+            _number(fig11["per_theta"]["mae"]), _NOT_IN_FILE]] if heads else []),
         ["homogeneous/heterogeneous classification accuracy (Table 4)",
          f"≈ {_percent(paper['classification_accuracy'])}", _percent(table4["accuracy"], 1),
          _NOT_IN_FILE],
@@ -183,10 +188,21 @@ def _fig09(metrics, figures) -> list[str]:
              "multi-image networks were run with. The paper sees no significant gain beyond "
              "ν ≈ 10.", ""]
     df, rho = fig9["fractal_dimension"], fig9["mixing_ratio"]
-    rows = [[nu, groups, _number(a), _number(b), _number(c)]
-            for nu, groups, a, b, c in zip(df["nu"], df["groups"], df["mae"], rho["mae"],
-                                           rho["mae_regressor_only"])]
-    lines += _table(["ν", "groups", "θ̂_Df MAE", "θ̂_ρ MAE", "θ̂_ρ MAE, regressor only"], rows)
+    if metrics["settings"].get("sample_heads"):
+        lines += ["θ̂_Df and θ̂_ρ are the sample heads' (`hagg_tf.data.sample_heads`); the means "
+                  "of Eqs. 13–14 beside them.", ""]
+        rows = [[nu, groups, _number(a), _number(b), _number(c), _number(d), _number(e)]
+                for nu, groups, a, b, c, d, e in zip(
+                    df["nu"], df["groups"], df["mae"], df["mae_images_mean"], rho["mae"],
+                    rho["mae_images_mean"], rho["mae_regressor_only"])]
+        lines += _table(["ν", "groups", "θ̂_Df MAE", "θ̂_Df MAE, mean", "θ̂_ρ MAE",
+                         "θ̂_ρ MAE, mean with classifier", "θ̂_ρ MAE, regressor only"], rows)
+    else:
+        rows = [[nu, groups, _number(a), _number(b), _number(c)]
+                for nu, groups, a, b, c in zip(df["nu"], df["groups"], df["mae"], rho["mae"],
+                                               rho["mae_regressor_only"])]
+        lines += _table(["ν", "groups", "θ̂_Df MAE", "θ̂_ρ MAE", "θ̂_ρ MAE, regressor only"],
+                        rows)
     lines.append("")
     rows = []
     for name, symbol in (("wo3_cluster_size", "θ̂_0"), ("tio2_cluster_size", "θ̂_1")):
@@ -237,6 +253,9 @@ def _fig11(metrics, figures) -> list[str]:
         [f"θ̂_ρ MAE, with classifier (ν = {fig11['nu']})",
          paper["mixing_ratio_theta_mae_with_classifier"],
          _number(fig11["per_theta_with_classifier"]["mae"])],
+        *([[f"θ̂_ρ MAE, sample head (ν = {fig11['nu']})", "—",
+            _number(fig11["per_theta"]["mae"])]]
+          if metrics["settings"].get("sample_heads") else []),
         [f"θ̂_ρ MAE from the true ρ(A) of the images (Eq. 14's floor, ν = {fig11['nu']})",
          "–", _number(fig11["per_theta_true_per_image"]["mae"])],
         [f"bias for ρ(A) ≤ 0.1 ({bias['images']['rho_at_most_0.1']} images), regressor only",
@@ -377,7 +396,8 @@ def _baselines(metrics) -> list[str]:
                                                 "fractal_dimension")}
     cnn_image = {"mixing_ratio": metrics["fig11"]["per_image_with_classifier"],
                  "fractal_dimension": metrics["fig10"]["per_image"]}
-    cnn_theta = {"mixing_ratio": metrics["fig11"]["per_theta_with_classifier"],
+    cnn_theta = {"mixing_ratio": metrics["fig11"].get("per_theta",
+                                                      metrics["fig11"]["per_theta_with_classifier"]),
                  "fractal_dimension": metrics["fig10"]["per_theta"]}
     rows = []
     for key, entry in baselines.items():

@@ -56,8 +56,8 @@ import numpy as np
 from hagg_tf.data.design import DatasetConfig, DatasetDesign, build_design, preset
 from hagg_tf.data.manifest import json_sha256
 from hagg_tf.evaluation import paper_evaluation
-from hagg_tf.evaluation.predictions import (PredictionsError, Predictions, load_predictions,
-                                            save_predictions)
+from hagg_tf.evaluation.predictions import (SAMPLE_HEADS_PREFIX, PredictionsError, Predictions,
+                                            load_predictions, save_predictions)
 from hagg_tf.jsonsafe import json_safe
 from hagg_tf.model.parameters import GeneratorConfig
 from hagg_tf.stem.conditions import DEFAULT_DOSE, DEFAULT_PIXEL_SIZE_NM, ImagingConditions
@@ -453,6 +453,10 @@ def _run_condition(name: str, condition: RobustnessCondition, samples: np.ndarra
         # characterize's own θ̂ (rounded sizes), beside the raw outputs the metrics use
         "theta_hat": np.asarray(per_group["theta_hat"], np.float64).reshape(groups, 4),
     }
+    # The groups are the samples themselves (n = ν), so the heads give characterize's θ̂.
+    heads = getattr(model.loaded, "sample_heads", None)
+    if heads is not None:
+        arrays.update(heads.to_arrays(SAMPLE_HEADS_PREFIX))
     info = {"settings": settings, "seconds": round(time.perf_counter() - started, 1),
             "refused": refused, "sample_warnings": sample_warnings, "nu": nu,
             "thetas": int(len(samples))}
@@ -479,7 +483,7 @@ def condition_metrics(predictions: Predictions, nu: int) -> dict:
     metrics = {
         "fractal_dimension_theta_mae": fig10["per_theta"]["mae"],
         "fractal_dimension_theta_bias": fig10["per_theta"]["mean"],
-        "mixing_ratio_theta_mae": fig11["per_theta_with_classifier"]["mae"],
+        "mixing_ratio_theta_mae": fig11["per_theta"]["mae"],
         "mixing_ratio_per_image_mae": fig11["per_image_with_classifier"]["mae"],
         "classification_accuracy": table4["accuracy"],
         "groups": groups, "images": predictions.num_images,

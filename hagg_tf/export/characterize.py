@@ -9,7 +9,10 @@ CNN^1) and one TensorFlow graph that runs, for ``n ≥ ν`` images of one sample
    whole cost of the estimate;
 3. the heads g and the estimators of Sec. 2.3 (see :mod:`hagg_tf.estimation.estimators`):
    θ̂_Df = mean_i CNN^Df(I_i) (Eq. 13); ρ̂(I) = η(CNN^ρ_reg(I)) if CNN^ρ_class(I) > 0.5 else
-   CNN^ρ_reg(I), θ̂_ρ = mean_i ρ̂(I_i) (Eq. 14); θ̂_0 = η(CNN^0(ν-stack)),
+   CNN^ρ_reg(I), θ̂_ρ = mean_i ρ̂(I_i) (Eq. 14) — or, in an export with sample heads
+   (:mod:`hagg_tf.data.sample_heads`), θ̂_Df and θ̂_ρ from those heads on summaries of the
+   per-image outputs, the two means then kept as ``fractal_dimension_images_mean`` and
+   ``mixing_ratio_images_mean``; θ̂_0 = η(CNN^0(ν-stack)),
    θ̂_1 = η(CNN^1(inverse-intensity ν-stack)) with η rounding to the nearest integer ≥ 0. With
    ``n > ν`` images the multi-image heads are averaged over the ``n`` cyclic ν-subsets
    {(k + j) mod n : j < ν}, k = 0..n−1, in which every image sits in every slot exactly once;
@@ -79,6 +82,8 @@ import tensorflow as tf
 
 from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, MULTI_IMAGE_NETWORKS,
                                         SINGLE_IMAGE_NETWORKS, takes_inverse_intensities)
+from hagg_tf.data.sample_heads import (SAMPLE_HEAD_TARGETS, SAMPLE_HEADS_FILE, SUMMARY_FEATURES,
+                                       SampleHeads, apply_sample_heads_tf)
 from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, CLUSTER_HEAD_OUTPUTS,
                                       CLUSTER_HEADS_SIGNATURE, METADATA_FORMAT,
                                       PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, TIO2_FEATURES,
@@ -107,6 +112,7 @@ MAX_SHARD_BYTES = 40 * 2 ** 20
 OUTPUT_SHAPES = {
     "theta": ["b", 4], "theta_raw": ["b", 4],
     "fractal_dimension": ["b"], "mixing_ratio": ["b"], "mixing_ratio_regressor_only": ["b"],
+    "fractal_dimension_images_mean": ["b"], "mixing_ratio_images_mean": ["b"],
     "wo3_cluster_size": ["b"], "wo3_cluster_size_raw": ["b"],
     "tio2_cluster_size": ["b"], "tio2_cluster_size_raw": ["b"],
     "fractal_dimension_per_image": ["b", "n"], "mixing_ratio_regressor_per_image": ["b", "n"],
@@ -346,13 +352,16 @@ class CharacterizeModule(tf.Module):
         num_levels: grey levels of the preprocessing.
         inversion_threshold: the t of Sec. 2.3.5.
         classifier_threshold: CNN^ρ_class output above which ρ̂(I) is rounded.
+        sample_heads: θ̂_Df and θ̂_ρ from the sample heads (:mod:`hagg_tf.data.sample_heads`);
+            None: the means of Eqs. 13–14.
     """
 
     def __init__(self, weights: Mapping[str, Mapping[str, np.ndarray]],
                  settings: Mapping[str, dict], image_size: int, num_images: int,
                  kernel_dtype: str = "float16", num_levels: int = NUM_LEVELS,
                  inversion_threshold: float = INVERSION_THRESHOLD,
-                 classifier_threshold: float = CLASSIFIER_THRESHOLD):
+                 classifier_threshold: float = CLASSIFIER_THRESHOLD,
+                 sample_heads: Optional[SampleHeads] = None):
         super().__init__(name=CHARACTERIZE_MODEL_NAME)
         missing = [name for name in NETWORK_ORDER if name not in weights]
         if missing:
@@ -365,6 +374,8 @@ class CharacterizeModule(tf.Module):
         self.num_levels = int(num_levels)
         self.inversion_threshold = float(inversion_threshold)
         self.classifier_threshold = float(classifier_threshold)
+        # Not trackable state: the heads' weights enter the graph as constants when traced.
+        self._sample_heads = sample_heads
         self.networks = {}
         for name in NETWORK_ORDER:
             self.networks[name] = _KerasNetwork(name, weights[name], settings[name],
@@ -489,10 +500,17 @@ class CharacterizeModule(tf.Module):
         homogeneous = outputs["homogeneous_probability_per_image"] > self.classifier_threshold
         mixing_per_image = tf.where(homogeneous, tf.round(regressor), regressor)
         outputs["mixing_ratio_per_image"] = mixing_per_image
-        outputs["fractal_dimension"] = tf.reduce_mean(outputs["fractal_dimension_per_image"],
-                                                      axis=1)
-        outputs["mixing_ratio"] = tf.reduce_mean(mixing_per_image, axis=1)
+        outputs["fractal_dimension_images_mean"] = tf.reduce_mean(
+            outputs["fractal_dimension_per_image"], axis=1)
+        outputs["mixing_ratio_images_mean"] = tf.reduce_mean(mixing_per_image, axis=1)
         outputs["mixing_ratio_regressor_only"] = tf.reduce_mean(regressor, axis=1)
+        if self._sample_heads is None:
+            outputs["fractal_dimension"] = outputs["fractal_dimension_images_mean"]
+            outputs["mixing_ratio"] = outputs["mixing_ratio_images_mean"]
+        else:
+            outputs.update(apply_sample_heads_tf(
+                self._sample_heads, outputs["fractal_dimension_per_image"], regressor,
+                outputs["homogeneous_probability_per_image"]))
         outputs["theta_raw"] = tf.stack(
             [outputs["fractal_dimension"], outputs["mixing_ratio"],
              outputs["wo3_cluster_size_raw"], outputs["tio2_cluster_size_raw"]], axis=1)
@@ -563,6 +581,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                               pixel_size_nm: Optional[float] = None,
                               model_card: Optional[dict] = None,
                               inverse_intensity_networks: Optional[Sequence[str]] = None,
+                              sample_heads: Optional[SampleHeads] = None,
                               overwrite: bool = False) -> pathlib.Path:
     """Writes the composite SavedModel of the five networks.
 
@@ -579,6 +598,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
             stored in the metadata file and printed by ``hagg-characterize``.
         inverse_intensity_networks: networks that take the 1/p images of Sec. 2.3.5; None:
             the paper's choice (CNN^1). Recorded per network (``INVERSE_INPUT_KEY``).
+        sample_heads: θ̂_Df and θ̂_ρ from these sample heads (:mod:`hagg_tf.data.sample_heads`),
+            written beside the metadata as ``sample_heads.npz``; None: the means of Eqs. 13–14.
         overwrite: replace an existing version directory.
 
     Returns:
@@ -606,12 +627,26 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
         raise ValueError(f"inverse_intensity_networks: unknown networks {unknown}")
     settings = {name: _network_settings(models[name], name in inverse_intensity_networks)
                 for name in NETWORK_ORDER}
-    module = CharacterizeModule(weights, settings, image_size, num_images, kernel_dtype)
+    module = CharacterizeModule(weights, settings, image_size, num_images, kernel_dtype,
+                                sample_heads=sample_heads)
     signatures = module.signatures()
     options = tf.saved_model.SaveOptions(
         experimental_sharding_callback=_WholeVariableShards(MAX_SHARD_BYTES))
     tf.saved_model.save(module, str(version_dir), signatures=signatures, options=options)
     feature_dims = module.feature_dims
+    estimators = {
+        "classifier_threshold": module.classifier_threshold,
+        "subsets": "n = nu: the images in the given order; n > nu: the n cyclic windows "
+                   "{(k + j) mod n : j < nu}, raw outputs averaged, then rounded",
+        "rounding": "nearest integer >= 0, ties to even",
+    }
+    if sample_heads is not None:
+        sample_heads.save(version_dir / SAMPLE_HEADS_FILE)
+        estimators["sample_heads"] = {
+            "file": SAMPLE_HEADS_FILE, "targets": list(SAMPLE_HEAD_TARGETS),
+            "features": list(SUMMARY_FEATURES),
+            "how": "theta_Df and theta_rho from dense heads on summaries of the per-image "
+                   "outputs (hagg_tf.data.sample_heads), not the means of Eqs. 13-14"}
 
     metadata = {
         "format": METADATA_FORMAT,
@@ -651,12 +686,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                           "inverse_intensity_networks": [
                               name for name in NETWORK_ORDER
                               if module.networks[name].inverse_input]},
-        "estimators": {
-            "classifier_threshold": module.classifier_threshold,
-            "subsets": "n = nu: the images in the given order; n > nu: the n cyclic windows "
-                       "{(k + j) mod n : j < nu}, raw outputs averaged, then rounded",
-            "rounding": "nearest integer >= 0, ties to even",
-        },
+        "estimators": estimators,
         # The network whose pass of f each network uses (itself when it has its own f).
         "feature_source": dict(module.feature_source),
         "networks": {name: {"parameters": int(sum(np.prod(value.shape)

@@ -128,7 +128,7 @@ def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "flo
 
 def _export(models, output, version, kernel_dtype, pixel_size, training, evaluate_dataset,
             placeholder, overwrite, per_network, composite, litert=False,
-            inverse_intensity_networks=None, card_extra=None) -> dict:
+            inverse_intensity_networks=None, card_extra=None, sample_heads=None) -> dict:
     from hagg_tf.estimation.model import CharacterizeModel, METADATA_FILENAME
     from hagg_tf.export import export_network
     from hagg_tf.export.characterize import export_characterize_model
@@ -155,6 +155,7 @@ def _export(models, output, version, kernel_dtype, pixel_size, training, evaluat
                                                 pixel_size_nm=pixel_size, model_card=card,
                                                 inverse_intensity_networks=(
                                                     inverse_intensity_networks),
+                                                sample_heads=sample_heads,
                                                 overwrite=overwrite)
         written["composite"] = version_dir
         if evaluate_dataset:
@@ -205,18 +206,89 @@ def networks_from_composite(source=None) -> tuple[dict, dict]:
 
 def export_from_composite(source, output, *, version: int = 1, overwrite: bool = False,
                           per_network: bool = True, composite: bool = False,
-                          kernel_dtype: str = "float16", litert: bool = False) -> dict:
-    """Rebuilds the Keras networks from a composite export and exports them again
-    (``litert``: with the new composite's LiteRT conversion, as for :func:`export_from_runs`)."""
+                          kernel_dtype: str = "float16", litert: bool = False,
+                          evaluate_dataset=None, sample_heads_cache=None,
+                          sample_head_epochs: int = 120, seed: int = 0) -> dict:
+    """Rebuilds the Keras networks from a composite export and exports them again.
+
+    Args:
+        source: export base, model or version directory of the composite.
+        output, version, overwrite, per_network, composite, kernel_dtype, litert,
+            evaluate_dataset: as for :func:`export_from_runs`.
+        sample_heads_cache: None: keep the source's sample heads (if any). Else the pooled cache
+            (``hagg-train-backbone --pooled_cache``) of the database the networks were trained
+            on: new sample heads of θ̂_Df and θ̂_ρ are fitted on the rebuilt networks' per-image
+            outputs (:func:`hagg_tf.training.multitask.fit_backbone_sample_heads`; the networks
+            must share one f, as a shared-backbone export does) and recorded in the model card
+            and in ``TRAINING.md``.
+        sample_head_epochs, seed: of that fit.
+
+    Returns:
+        As :func:`export_from_runs`.
+
+    Raises:
+        ValueError: ``sample_heads_cache`` is not a pooled cache, or the networks do not share
+            one f.
+    """
+    from hagg_tf.estimation.model import export_sample_heads, find_model
+
     models, metadata = networks_from_composite(source)
+    source_dir = find_model(source)[0]
     card = dict(metadata.get("model_card") or {})
+    training = dict(card.get("training") or {})
+    log_lines = None
+    # The source's measured accuracy holds only for the same networks and estimators.
+    stale = ("summary", "accuracy", "accuracy_summary") if (
+        sample_heads_cache is not None or evaluate_dataset) else ()
+    if sample_heads_cache is None:
+        sample_heads = export_sample_heads(source_dir, metadata)
+    else:
+        sample_heads, record = _fit_composite_sample_heads(
+            models, metadata, sample_heads_cache, sample_head_epochs, seed)
+        record["how"] = (f"fit_backbone_sample_heads on the networks of {source} and the "
+                         f"pooled cache {sample_heads_cache}")
+        training = {key: {**info, "sample_heads": record} for key, info in training.items()}
+        log_lines = _sample_heads_markdown(record)
     written = _export(models, output, version, kernel_dtype, metadata.get("pixel_size_nm"),
-                      card.get("training", {}), None, card.get("status") == "placeholder",
+                      training, evaluate_dataset, card.get("status") == "placeholder",
                       overwrite, per_network, composite, litert,
                       sorted(inverse_intensity_networks(metadata)),
                       {key: value for key, value in card.items()
-                       if key not in ("status", "training")})
+                       if key not in ("status", "training") + stale},
+                      sample_heads=sample_heads)
+    if composite and (source_dir / TRAINING_LOG).is_file():
+        text = (source_dir / TRAINING_LOG).read_text()
+        if log_lines:
+            text = text.rstrip("\n") + "\n\n" + "\n".join(log_lines) + "\n"
+        (written["composite"] / TRAINING_LOG).write_text(text)
     return written
+
+
+def _fit_composite_sample_heads(models, metadata, pooled_cache, epochs, seed):
+    from hagg_tf.data.pooled import caches_split
+    from hagg_tf.networks import DEFAULT_ARCHITECTURE
+    from hagg_tf.training.multitask import backbone_from_networks, fit_backbone_sample_heads
+
+    missing = [split for split in ("train", "validation") if not caches_split(pooled_cache, split)]
+    if missing:
+        raise ValueError(f"{pooled_cache}: no pooled cache of the {' and '.join(missing)} "
+                         "split (hagg-train-backbone --pooled_cache builds it)")
+    model = backbone_from_networks(models, metadata.get("architecture", DEFAULT_ARCHITECTURE),
+                                   int(metadata["image_size"]))
+    return fit_backbone_sample_heads(model, pooled_cache, epochs=epochs, seed=seed)
+
+
+def _sample_heads_markdown(record: dict) -> list[str]:
+    from hagg_tf.data.sample_heads import GROUP_SIZE_RANGE
+    from hagg_tf.training.sample_heads import VALIDATION_GROUP_SIZES
+
+    return [f"- sample heads of θ̂_Df and θ̂_ρ (`hagg_tf.data.sample_heads`): "
+            f"{record.get('epochs')} epochs each on groups of "
+            f"{GROUP_SIZE_RANGE[0]}–{GROUP_SIZE_RANGE[1]} images, {record.get('seconds')} s; "
+            f"validation MAE (groups of {', '.join(map(str, VALIDATION_GROUP_SIZES))} images) "
+            + ", ".join(f"{name} " + ("n/a" if value is None else f"{value:.4f}")
+                        for name, value in (record.get("validation_mae") or {}).items())
+            + (f"; {record['how']}" if record.get("how") else "")]
 
 
 def backbone_training_log_markdown(run) -> str:
@@ -253,6 +325,7 @@ def _backbone_stage_markdown(run: pathlib.Path) -> list[str]:
     rows = read_backbone_history(run)
     columns = [key for key in (rows[0] if rows else {}) if key != "epoch"]
     heads = info.get("stack_heads") or {}
+    sample_heads = info.get("sample_heads")
     calibration = info.get("calibration") or {}
     lines = ([f"{info['note']}", ""] if info.get("note") else []) + [
              f"- pooled cache: `{config.get('pooled_cache')}`; architecture "
@@ -273,7 +346,9 @@ def _backbone_stage_markdown(run: pathlib.Path) -> list[str]:
                  for key, before in (calibration.get("before") or {}).items()),
              f"- ν-image heads: {heads.get('epochs')} epochs each, validation MAE "
              + ", ".join(f"{name} " + ("n/a" if value is None else f"{value:.3f}")
-                         for name, value in (heads.get("validation_mae") or {}).items()), "",
+                         for name, value in (heads.get("validation_mae") or {}).items())] + (
+             _sample_heads_markdown({**sample_heads, "how": None})
+             if sample_heads else []) + ["",
              "| epoch | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {int(row['epoch']) + 1} | " + " | ".join(f"{row[key]:.4f}" for key in columns)
               + " |" for row in rows]
@@ -307,7 +382,7 @@ def backbone_training_record(run, dataset=None) -> dict:
                            for stage in stages),
         "wall_s_total": round(sum(stage.get("wall_s_total") or 0.0 for stage in stages), 1),
         "status": info.get("status"), "hardware": info.get("hardware"),
-        "stack_heads": info.get("stack_heads")}}
+        "stack_heads": info.get("stack_heads"), "sample_heads": info.get("sample_heads")}}
 
 
 def export_from_backbone(run, output, *, dataset=None, version: int = 1,
@@ -331,7 +406,7 @@ def export_from_backbone(run, output, *, dataset=None, version: int = 1,
         As :func:`export_from_runs`.
     """
     from hagg_tf.data import load_manifest
-    from hagg_tf.training.multitask import networks_from_backbone
+    from hagg_tf.training.multitask import load_sample_heads, networks_from_backbone
     from hagg_tf.training.trainer import pixel_size_of
 
     run = pathlib.Path(run)
@@ -343,7 +418,7 @@ def export_from_backbone(run, output, *, dataset=None, version: int = 1,
     training = backbone_training_record(run, dataset)
     written = _export(models, output, version, kernel_dtype, pixel_size, training,
                       evaluate_dataset, False, overwrite, per_network, composite, litert,
-                      inverse_intensity_networks=[])
+                      inverse_intensity_networks=[], sample_heads=load_sample_heads(run))
     if composite:
         (written["composite"] / TRAINING_LOG).write_text(backbone_training_log_markdown(run))
     return written

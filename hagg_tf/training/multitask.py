@@ -21,6 +21,11 @@ detector's dark level is subtracted, CNN^1's included: the paper's 1/p transform
 background and breaks on a carbon film or a dark offset (README, "Robustness"), while a network
 trained on the realistic database learns the TiO2 contrast from the plain image.
 
+θ̂_Df and θ̂_ρ then get their *sample heads* (:mod:`hagg_tf.data.sample_heads`), small dense
+networks on summaries of the per-image outputs of a group of images, fitted on the frozen
+network outputs of the training images (:func:`train_sample_heads`); they replace the plain
+means of Eqs. 13–14, which keep every per-image output's pull towards the middle of the range.
+
 :func:`networks_from_backbone` turns the trained backbone and heads into the five ordinary Keras
 networks of :func:`hagg_tf.networks.build_network` (each holding a copy of f), which
 :func:`hagg_tf.export.characterize.export_characterize_model` exports unchanged.
@@ -43,6 +48,7 @@ import numpy as np
 
 from hagg_tf.data.network_specs import (DEFAULT_NUM_IMAGES, MULTI_IMAGE_NETWORKS, NETWORK_NAMES,
                                         SINGLE_IMAGE_NETWORKS, network_spec)
+from hagg_tf.data.sample_heads import SAMPLE_HEADS_FILE, SampleHeads
 from hagg_tf.jsonsafe import json_safe
 from hagg_tf.model.io import write_json_atomic
 from hagg_tf.tensorflow_import import import_tensorflow_quietly
@@ -63,6 +69,8 @@ CALIBRATED_MODEL = "calibrated.keras"
 CALIBRATION_BATCHES = 64
 #: File of the ν-image heads' weights in a run directory.
 STACK_HEADS = "stack_heads.npz"
+#: File of the sample heads' weights in a run directory (:mod:`hagg_tf.data.sample_heads`).
+SAMPLE_HEADS = SAMPLE_HEADS_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,9 @@ class BackboneConfig:
         num_images: ν of the multi-image networks.
         stack_epochs: epochs of the ν-image heads on frozen features (each over freshly drawn
             disjoint ν-groups).
+        sample_head_epochs: epochs of the sample heads of θ̂_Df and θ̂_ρ on the per-image
+            outputs (:mod:`hagg_tf.training.sample_heads`); 0: none (an intermediate stage
+            whose export keeps the plain means of Eqs. 13–14).
         initial_weights: a finished backbone run (its ``calibrated.keras``) whose weights,
             batch-norm statistics included, start this run: a second training stage with its
             own cosine cycle (a warm restart). It must have the same architecture and image
@@ -104,6 +115,7 @@ class BackboneConfig:
     num_images: int = DEFAULT_NUM_IMAGES
     stack_epochs: int = 60
     initial_weights: Optional[str] = None
+    sample_head_epochs: int = 120
 
     def __post_init__(self):
         for name in ("pooled_cache", "output"):
@@ -112,6 +124,8 @@ class BackboneConfig:
             object.__setattr__(self, "initial_weights", os.fspath(self.initial_weights))
         if self.epochs < 1 or self.batch_size < 1 or self.num_images < 1:
             raise TrainingError("epochs, batch_size and num_images must be at least 1")
+        if self.sample_head_epochs < 0:
+            raise TrainingError("sample_head_epochs must be 0 (no sample heads) or more")
 
 
 def _with_defaults(stored: dict) -> dict:
@@ -451,26 +465,76 @@ def pooled_features(feature_extractor, split, batch_size: int = 64) -> np.ndarra
     return np.concatenate(parts).astype(np.float32)
 
 
-def train_stack_heads(config: BackboneConfig) -> dict:
+def _split_features(model, pooled_cache) -> tuple[dict, dict, dict]:
+    """The train and validation splits of a pooled cache, f(I) of their images and the heads of
+    a multi-task ``model`` (:func:`build_backbone_model`)."""
+    from hagg_tf.data.pooled import load_pooled_split
+
+    feature_extractor, heads = backbone_parts(model)
+    splits = {name: load_pooled_split(pooled_cache, name) for name in ("train", "validation")}
+    features = {name: pooled_features(feature_extractor, split) for name, split in splits.items()}
+    return splits, features, heads
+
+
+def backbone_from_networks(networks_by_name: dict, architecture: str, image_size: int):
+    """The multi-task model carrying the f and the single-image heads of five Keras networks.
+
+    The inverse of :func:`networks_from_backbone` for what the single-image networks hold (a
+    composite export rebuilt by ``hagg_tf.export.from_training.networks_from_composite``); the
+    auxiliary θ_0 and θ_1 heads keep their initial weights.
+
+    Raises:
+        ValueError: the single-image networks do not share one f (networks trained apart).
+    """
+    import keras
+
+    from hagg_tf import networks
+    from hagg_tf.networks.architecture import get_head
+
+    model, _ = build_backbone_model(architecture, image_size, keras)
+    feature_extractor, heads = backbone_parts(model)
+    shared = [networks.get_feature_extractor(networks_by_name[name]).get_weights()
+              for name in SINGLE_IMAGE_NETWORKS]
+    if any(len(weights) != len(shared[0])
+           or not all(np.array_equal(a, b) for a, b in zip(weights, shared[0]))
+           for weights in shared[1:]):
+        raise ValueError(f"the networks {', '.join(SINGLE_IMAGE_NETWORKS)} do not share one "
+                         "feature extractor f: their outputs cannot be recomputed from one "
+                         "backbone")
+    feature_extractor.set_weights(shared[0])
+    for name in SINGLE_IMAGE_NETWORKS:
+        heads[name].set_weights(get_head(networks_by_name[name]).get_weights())
+    return model
+
+
+def _record_summary(output: pathlib.Path, key: str, record: dict) -> None:
+    summary_path = output / SUMMARY
+    summary = json.loads(summary_path.read_text())
+    summary[key] = record
+    write_json_atomic(summary_path, json_safe(summary))
+
+
+def train_stack_heads(config: BackboneConfig, split_features=None) -> dict:
     """Trains the ν-image heads of CNN^0 and CNN^1 on the frozen shared f (module docstring).
 
     Uses :func:`hagg_tf.training.group_heads.fit_group_head` on f(I) of the train and
     validation splits; writes ``<output>/stack_heads.npz`` (the heads' weights, atomically) and
     records the validation MAEs in ``training.json``.
 
+    Args:
+        config: the finished run.
+        split_features: ``_split_features`` of its calibrated backbone, when already computed.
+
     Returns:
         ``{network name: validation MAE of the kept epoch}``.
     """
     import_tensorflow_quietly()
 
-    from hagg_tf.data.pooled import load_pooled_split
     from hagg_tf.training.group_heads import fit_group_head
 
     output = pathlib.Path(config.output)
-    feature_extractor, _ = backbone_parts(load_backbone(output))
-    splits = {name: load_pooled_split(config.pooled_cache, name)
-              for name in ("train", "validation")}
-    features = {name: pooled_features(feature_extractor, split) for name, split in splits.items()}
+    splits, features, _ = split_features or _split_features(load_backbone(output),
+                                                            config.pooled_cache)
     weights, report = {}, {}
     for name in MULTI_IMAGE_NETWORKS:
         head, mae = fit_group_head(name, config.num_images, features["train"],
@@ -483,12 +547,70 @@ def train_stack_heads(config: BackboneConfig) -> dict:
     partial = output / f".{STACK_HEADS}.partial.npz"
     np.savez(partial, **weights)
     os.replace(partial, output / STACK_HEADS)
-    summary_path = output / SUMMARY
-    summary = json.loads(summary_path.read_text())
-    summary["stack_heads"] = {"validation_mae": report, "epochs": config.stack_epochs,
-                              "how": "fit_group_head on the frozen shared f"}
-    write_json_atomic(summary_path, json_safe(summary))
+    _record_summary(output, "stack_heads", {"validation_mae": report,
+                                            "epochs": config.stack_epochs,
+                                            "how": "fit_group_head on the frozen shared f"})
     return report
+
+
+def fit_backbone_sample_heads(model, pooled_cache, *, epochs: int = 120, seed: int = 0,
+                              split_features=None) -> tuple[SampleHeads, dict]:
+    """Fits the sample heads of θ̂_Df and θ̂_ρ on a backbone's per-image outputs.
+
+    Uses :func:`hagg_tf.training.sample_heads.fit_sample_heads` on the outputs of ``model``'s
+    single-image heads for the train and validation splits of ``pooled_cache``.
+
+    Args:
+        model: multi-task model (:func:`build_backbone_model`, inference mode is used).
+        pooled_cache: pooled cache of the database the backbone was trained on.
+        epochs: the heads' training epochs.
+        seed: seed of the heads' initialisation and of the groups drawn.
+        split_features: ``_split_features(model, pooled_cache)``, when already computed.
+
+    Returns:
+        ``(sample heads, record)``: the record holds the validation MAE of each target at the
+        kept epoch, the epochs and the wall seconds, as ``training.json`` stores it.
+    """
+    import_tensorflow_quietly()
+
+    from hagg_tf.training.group_heads import predict_in_chunks
+    from hagg_tf.training.sample_heads import fit_sample_heads
+
+    started = time.perf_counter()
+    splits, features, heads = split_features or _split_features(model, pooled_cache)
+    outputs = {split: {name: predict_in_chunks(heads[name], features[split])[:, 0]
+                       for name in SINGLE_IMAGE_NETWORKS} for split in splits}
+    sample_heads, report = fit_sample_heads(
+        outputs["train"], splits["train"].labels, outputs["validation"],
+        splits["validation"].labels, epochs=epochs, seed=seed)
+    return sample_heads, {
+        "validation_mae": report, "epochs": int(epochs),
+        "seconds": round(time.perf_counter() - started, 1),
+        "how": "fit_sample_heads on the calibrated backbone's per-image outputs"}
+
+
+def train_sample_heads(config: BackboneConfig, split_features=None) -> dict:
+    """Fits the sample heads of a finished run (:func:`fit_backbone_sample_heads`).
+
+    Writes ``<output>/sample_heads.npz`` atomically and records the fit in ``training.json``.
+    ``split_features``: as for :func:`train_stack_heads`.
+
+    Returns:
+        ``{target: validation MAE of the kept epoch}``.
+    """
+    output = pathlib.Path(config.output)
+    sample_heads, record = fit_backbone_sample_heads(
+        load_backbone(output), config.pooled_cache, epochs=config.sample_head_epochs,
+        seed=config.seed, split_features=split_features)
+    sample_heads.save(output / SAMPLE_HEADS)
+    _record_summary(output, "sample_heads", record)
+    return record["validation_mae"]
+
+
+def load_sample_heads(output: Union[str, os.PathLike]) -> Optional[SampleHeads]:
+    """The sample heads of a run directory, None if it has none (runs written before them)."""
+    path = pathlib.Path(output) / SAMPLE_HEADS
+    return SampleHeads.load(path) if path.is_file() else None
 
 
 def networks_from_backbone(output: Union[str, os.PathLike], image_size: int = 512,
@@ -531,7 +653,7 @@ def networks_from_backbone(output: Union[str, os.PathLike], image_size: int = 51
 def train_shared_networks(config: BackboneConfig, dataset: Optional[Union[str, os.PathLike]]
                           = None, *, workers: int = 2, verbose: int = 2) -> dict:
     """The whole recipe, resumable at every stage: pooled cache, backbone, batch-norm
-    calibration, ν-image heads.
+    calibration, ν-image heads, sample heads.
 
     Args:
         config: the run.
@@ -558,6 +680,13 @@ def train_shared_networks(config: BackboneConfig, dataset: Optional[Union[str, o
     output = pathlib.Path(config.output)
     if not (output / CALIBRATED_MODEL).is_file():
         calibrate_backbone(config)
-    if not (output / STACK_HEADS).is_file():
-        train_stack_heads(config)
+    stack_missing = not (output / STACK_HEADS).is_file()
+    sample_missing = config.sample_head_epochs > 0 and not (output / SAMPLE_HEADS).is_file()
+    if stack_missing or sample_missing:
+        # One pass of f over the train and validation images serves both kinds of heads.
+        shared = _split_features(load_backbone(output), config.pooled_cache)
+        if stack_missing:
+            train_stack_heads(config, shared)
+        if sample_missing:
+            train_sample_heads(config, shared)
     return json.loads((output / SUMMARY).read_text())
