@@ -8,7 +8,8 @@
 # 50 min stage 2 (10 epochs from stage 1's weights), about 4 min of calibration and ν-image
 # heads after each stage, about 2 min more after stage 2 for the sample heads of θ̂_Df and θ̂_ρ
 # (stage 1, an intermediate stage, fits none), a few minutes export and domain: about 150 min
-# (measured on one machine; the database took 9 min on a faster one); see
+# (147 min measured without the sample heads, plus their fit; the database took 9 min instead
+# of 29 on a faster processor); see
 # saved_models/characterize/3/TRAINING.md and docs/learning.md ("The shared backbone").
 set -euo pipefail
 cd "$(dirname "$0")/.."

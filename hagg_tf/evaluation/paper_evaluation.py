@@ -599,7 +599,7 @@ def select_shadow_pairs(predictions: Predictions, count: int = DEFAULT_SHADOW_TH
         first_group.setdefault(int(theta_id), number)
     configurations = sorted(first_group)
     order = np.random.default_rng(seed).permutation(len(configurations))[:count]
-    pairs = []
+    pairs, heads = [], predictions.sample_heads  # read from the arrays once, not per pair
     for position in order:
         group = first_group[configurations[position]]
         rows = groups[group]
@@ -609,7 +609,7 @@ def select_shadow_pairs(predictions: Predictions, count: int = DEFAULT_SHADOW_TH
             np.asarray(arrays["homogeneous_probability_pred"])[rows],
             [np.asarray(arrays[f"wo3_cluster_size_pred_nu{nu}"])[group]],
             [np.asarray(arrays[f"tio2_cluster_size_pred_nu{nu}"])[group]],
-            sample_heads=predictions.sample_heads)
+            sample_heads=heads)
         theta = np.asarray(arrays["theta"], np.float64)[rows[0]]
         pairs.append(ShadowPair(
             theta_id=configurations[position], rows=tuple(int(row) for row in rows),
