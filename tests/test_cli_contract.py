@@ -316,3 +316,9 @@ def test_train_backbone_refuses_a_second_stage_without_a_finished_first(tiny_fin
                            "no finished backbone run")
     # Refused before the minutes of pooled cache: nothing written.
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    (tmp_path / "empty").mkdir()  # a folder that is neither a run nor an export
+    result = _run_script("hagg-train-backbone", f"--dataset={database}",
+                         f"--pooled_cache={tmp_path / 'cache'}", f"--output={tmp_path / 'out'}",
+                         f"--initial_weights={tmp_path / 'empty'}")
+    _assert_one_error_line(result, "no finished backbone run", "and no composite export")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -345,3 +345,61 @@ def test_the_composite_runs_the_shared_f_once_per_image(trained):
                                  config.image_size, NU, "float32")
     assert changed.feature_source["wo3_cluster_size"] == "wo3_cluster_size"
     assert changed.feature_source["tio2_cluster_size"] == NETWORK_NAMES[0]
+
+
+def test_a_stage_starts_from_a_composite_export(trained, tmp_path):
+    """The run that made an export may be gone (the shipped models): the export is rebuilt into
+    a run directory, the next stage starts from it, and its log and card count the export's
+    stages."""
+    from hagg_tf.export.from_training import (REBUILT_START, backbone_run_from_composite,
+                                              backbone_training_log_markdown,
+                                              backbone_training_record, export_from_backbone,
+                                              train_shared_networks_from)
+
+    config, summary = trained
+    version_dir = export_from_backbone(config.output, tmp_path / "export",
+                                       kernel_dtype="float32")["composite"]
+    second = _config(config.pooled_cache, tmp_path / "second", epochs=1, steps_per_epoch=1,
+                     learning_rate=1e-12, sample_head_epochs=0,
+                     initial_weights=str(tmp_path / "second" / REBUILT_START))
+    assert train_shared_networks_from(second, source_export=version_dir,
+                                      verbose=0)["status"] == "complete"
+    rebuilt = pathlib.Path(second.initial_weights)
+    record = json.loads((rebuilt / "training.json").read_text())
+    assert record["status"] == multitask.REBUILT_STATUS
+    # f and the single-image heads are the exported ones, bit for bit.
+    start_f, start_heads = backbone_parts(load_backbone(config.output))
+    rebuilt_model = load_backbone(rebuilt)
+    rebuilt_f, rebuilt_heads = backbone_parts(rebuilt_model)
+    for left, right in zip(rebuilt_f.get_weights(), start_f.get_weights()):
+        np.testing.assert_array_equal(left, right)
+    for name in SINGLE_IMAGE_NETWORKS:
+        for left, right in zip(rebuilt_heads[name].get_weights(),
+                               start_heads[name].get_weights()):
+            np.testing.assert_array_equal(left, right)
+    # The auxiliary heads saved are the fitted ones: their recorded MAE is theirs.
+    split = load_pooled_split(config.pooled_cache, "validation")
+    features = multitask.pooled_features(rebuilt_f, split)
+    targets = per_image_targets(split.labels)
+    for name, mae in record["auxiliary_heads"]["validation_mae_per_image"].items():
+        predicted = np.asarray(rebuilt_heads[name](features, training=False))[:, 0]
+        assert float(np.mean(np.abs(predicted - targets[name]))) == pytest.approx(mae, abs=1e-4)
+    # A rerun keeps the rebuilt directory; another export may not reuse it.
+    written = (rebuilt / multitask.CALIBRATED_MODEL).stat().st_mtime_ns
+    assert backbone_run_from_composite(version_dir, rebuilt, config.pooled_cache) == rebuilt
+    assert (rebuilt / multitask.CALIBRATED_MODEL).stat().st_mtime_ns == written
+    # (the export base names the same version directory; a copy elsewhere is another export)
+    assert backbone_run_from_composite(tmp_path / "export", rebuilt,
+                                       config.pooled_cache) == rebuilt
+    other = tmp_path / "other" / "characterize" / "1"
+    __import__("shutil").copytree(version_dir, other)
+    with pytest.raises(ValueError, match="holds another run"):
+        backbone_run_from_composite(other, rebuilt, config.pooled_cache)
+    # The log carries the export's own log under the rebuilt stage, and the card counts it.
+    log = backbone_training_log_markdown(second.output)
+    assert log.index(f"## Stage 1 of 2: `{rebuilt}`") < log.index("## Stage 2 of 2")
+    assert "Rebuilt from the export" in log and log.count("| epoch |") == 2
+    card = backbone_training_record(second.output)["shared_backbone"]
+    assert card["epochs_per_stage"] == [2, 1] and card["final_epoch"] == 3
+    assert card["stages"] == 2
+    assert card["images_seen"] == summary["train_records"] * 3

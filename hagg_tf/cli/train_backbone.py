@@ -48,9 +48,12 @@ _SAMPLE_HEAD_EPOCHS = flags.DEFINE_integer(
     "(hagg_tf.data.sample_heads), fitted on the finished backbone's per-image outputs; 0: "
     "none (an intermediate stage: its export keeps the plain means).", lower_bound=0)
 _INITIAL = flags.DEFINE_string("initial_weights", None,
-                               "A finished backbone run directory whose calibrated weights start "
-                               "this run (a second stage with its own cosine cycle of --epochs "
-                               "at --learning_rate); default a random initialisation.")
+                               "A finished backbone run directory, or a shared-backbone composite "
+                               "export (saved_models/characterize/3, say), whose weights start "
+                               "this run (a further stage with its own cosine cycle of --epochs "
+                               "at --learning_rate); an export is first rebuilt into "
+                               "<output>/initial_weights_from_export. Default a random "
+                               "initialisation.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes building the pooled cache.",
                                 lower_bound=1)
 _VERBOSE = flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1 or 2).",
@@ -67,8 +70,8 @@ def main(argv):
     from hagg_tf.networks.architecture import ARCHITECTURES, minimum_image_size
     from hagg_tf.data import load_manifest
     from hagg_tf.training import TrainingError
-    from hagg_tf.training.multitask import (BackboneConfig, check_initial_weights,
-                                            train_shared_networks)
+    from hagg_tf.export.from_training import REBUILT_START, train_shared_networks_from
+    from hagg_tf.training.multitask import BackboneConfig, check_initial_weights
 
     if _ARCHITECTURE.value not in ARCHITECTURES:
         fail(f"--architecture={_ARCHITECTURE.value}: one of {', '.join(ARCHITECTURES)}")
@@ -77,8 +80,20 @@ def main(argv):
         if image_size < minimum_image_size(_ARCHITECTURE.value):
             fail(f"{_DATASET.value}: images of {image_size} px are smaller than the "
                  f"architecture's minimum {minimum_image_size(_ARCHITECTURE.value)} px")
-        if _INITIAL.value is not None:
-            check_initial_weights(_INITIAL.value)  # before minutes of pooled cache
+        initial, source_export = _INITIAL.value, None
+        if initial is not None:  # checked before minutes of pooled cache
+            try:
+                check_initial_weights(initial)
+            except TrainingError as error:
+                if not os.path.isdir(initial):
+                    raise
+                from hagg_tf.estimation.model import find_model
+
+                try:
+                    find_model(initial)
+                except (FileNotFoundError, ValueError):
+                    raise TrainingError(f"{error}, and no composite export") from None
+                source_export, initial = initial, os.path.join(_OUTPUT.value, REBUILT_START)
         config = BackboneConfig(
             _POOLED_CACHE.value, _OUTPUT.value, architecture=_ARCHITECTURE.value,
             image_size=image_size, epochs=_EPOCHS.value, batch_size=_BATCH.value,
@@ -86,9 +101,10 @@ def main(argv):
             max_wall_seconds=None if _MAX_WALL.value is None else 60 * _MAX_WALL.value,
             steps_per_epoch=_STEPS.value, num_images=_NUM_IMAGES.value,
             stack_epochs=_STACK_EPOCHS.value, sample_head_epochs=_SAMPLE_HEAD_EPOCHS.value,
-            initial_weights=_INITIAL.value)
-        summary = train_shared_networks(config, _DATASET.value, workers=_WORKERS.value,
-                                        verbose=_VERBOSE.value)
+            initial_weights=initial)
+        summary = train_shared_networks_from(config, _DATASET.value,
+                                             source_export=source_export,
+                                             workers=_WORKERS.value, verbose=_VERBOSE.value)
     except (TrainingError, DatasetError, ValueError) as error:
         fail(str(error))
     if summary.get("status") != "complete":

@@ -264,6 +264,125 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
     return written
 
 
+#: The source's training log, copied into a run rebuilt by :func:`backbone_run_from_composite`.
+SOURCE_TRAINING_LOG = "SOURCE_TRAINING.md"
+
+
+def backbone_run_from_composite(source, run_dir, pooled_cache, *, auxiliary_epochs: int = 30,
+                                seed: int = 0) -> pathlib.Path:
+    """A backbone run directory holding a composite export's f and heads, to train further from.
+
+    For :attr:`hagg_tf.training.multitask.BackboneConfig.initial_weights` when the run that made
+    the export is gone (or was never here: the shipped models): writes ``calibrated.keras``
+    (f and the single-image heads exactly as exported; the per-image θ_0/θ_1 heads, which an
+    export does not keep, fitted on the frozen f by
+    :func:`~hagg_tf.training.multitask.fit_auxiliary_heads`), a ``training.json`` of status
+    :data:`~hagg_tf.training.multitask.REBUILT_STATUS` with the source's training record, and
+    the source's ``TRAINING.md`` as :data:`SOURCE_TRAINING_LOG`, so that the next stage's
+    training log and model card count the source's stages. A directory already rebuilt from the
+    same source is returned as it is.
+
+    Args:
+        source: export base, model or version directory of a shared-backbone composite.
+        run_dir: directory to write (created).
+        pooled_cache: pooled cache of the database to fit the auxiliary heads on.
+        auxiliary_epochs, seed: of that fit.
+
+    Returns:
+        ``run_dir`` as a path.
+
+    Raises:
+        FileNotFoundError: no export at ``source``.
+        ValueError: ``run_dir`` was rebuilt from another export, ``pooled_cache`` has no train
+            and validation split, or the networks do not share one f.
+    """
+    import shutil
+
+    from hagg_tf.data.pooled import caches_split
+    from hagg_tf.estimation.model import find_model
+    from hagg_tf.networks import DEFAULT_ARCHITECTURE
+    from hagg_tf.training.multitask import (CALIBRATED_MODEL, REBUILT_STATUS,
+                                            backbone_from_networks, fit_auxiliary_heads,
+                                            save_backbone)
+    from hagg_tf.training.trainer import SUMMARY
+
+    run_dir = pathlib.Path(run_dir)
+    source_dir, metadata = find_model(source)
+    if (run_dir / SUMMARY).is_file():
+        info = json.loads((run_dir / SUMMARY).read_text())
+        if info.get("status") != REBUILT_STATUS or info.get("source_export") != str(source_dir):
+            raise ValueError(f"{run_dir} holds another run ({run_dir / SUMMARY}); use another "
+                             "directory")
+        if (run_dir / CALIBRATED_MODEL).is_file():
+            return run_dir
+    missing = [split for split in ("train", "validation") if not caches_split(pooled_cache, split)]
+    if missing:
+        raise ValueError(f"{pooled_cache}: no pooled cache of the {' and '.join(missing)} "
+                         "split (hagg-train-backbone --pooled_cache builds it)")
+    models, metadata = networks_from_composite(source_dir)
+    model = backbone_from_networks(models, metadata.get("architecture", DEFAULT_ARCHITECTURE),
+                                   int(metadata["image_size"]))
+    auxiliary = fit_auxiliary_heads(model, pooled_cache, epochs=auxiliary_epochs, seed=seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (source_dir / TRAINING_LOG).is_file():
+        shutil.copyfile(source_dir / TRAINING_LOG, run_dir / SOURCE_TRAINING_LOG)
+    source_training = ((metadata.get("model_card") or {}).get("training") or {}).get(
+        "shared_backbone") or {}
+    save_backbone(model, run_dir / CALIBRATED_MODEL)
+    write_json_atomic(run_dir / SUMMARY, {
+        "status": REBUILT_STATUS, "source_export": str(source_dir),
+        "source_training": source_training,
+        "auxiliary_heads": {"epochs": int(auxiliary_epochs), "seed": int(seed),
+                            "pooled_cache": str(pooled_cache),
+                            "validation_mae_per_image": auxiliary},
+        "note": (f"Rebuilt from the export `{source_dir}`: f and the single-image heads as "
+                 "exported; the per-image θ_0/θ_1 auxiliary heads, which an export does not "
+                 f"keep, fitted for {auxiliary_epochs} epochs on the frozen f of "
+                 f"`{pooled_cache}` (per-image validation MAE "
+                 + ", ".join(f"{name} {value:.3f}" for name, value in auxiliary.items())
+                 + ").")})
+    return run_dir
+
+
+#: Sub-directory of a run that holds the export it started from, rebuilt
+#: (:func:`train_shared_networks_from`).
+REBUILT_START = "initial_weights_from_export"
+
+
+def train_shared_networks_from(config, dataset=None, *, source_export=None, workers: int = 2,
+                               verbose: int = 2) -> dict:
+    """:func:`hagg_tf.training.multitask.train_shared_networks`, optionally starting from a
+    composite export instead of a run directory.
+
+    Args:
+        config: the run (:class:`~hagg_tf.training.multitask.BackboneConfig`). With
+            ``source_export``, its ``initial_weights`` is where the export is rebuilt
+            (:func:`backbone_run_from_composite`), once: a rerun resumes.
+        dataset, workers, verbose: as for ``train_shared_networks``.
+        source_export: export base, model or version directory of a shared-backbone composite
+            (the shipped models, for instance) whose networks start the run; None: start as
+            ``config`` says.
+
+    Returns:
+        The run's ``training.json``.
+    """
+    from hagg_tf.data.pooled import build_pooled_cache
+    from hagg_tf.networks.architecture import get_architecture
+    from hagg_tf.training.multitask import train_shared_networks
+
+    if source_export is not None:
+        if config.initial_weights is None:
+            raise ValueError("starting from an export needs config.initial_weights, the "
+                             "directory to rebuild it in")
+        if dataset is not None:  # the auxiliary heads are fitted on the pooled cache
+            build_pooled_cache(dataset, config.pooled_cache,
+                               get_architecture(config.architecture).input_pooling,
+                               workers=workers, progress=verbose > 0)
+        backbone_run_from_composite(source_export, config.initial_weights, config.pooled_cache,
+                                    seed=config.seed)
+    return train_shared_networks(config, dataset, workers=workers, verbose=verbose)
+
+
 def _fit_composite_sample_heads(models, metadata, pooled_cache, epochs, seed):
     from hagg_tf.data.pooled import caches_split
     from hagg_tf.networks import DEFAULT_ARCHITECTURE
@@ -302,25 +421,42 @@ def backbone_training_log_markdown(run) -> str:
     from hagg_tf.training.multitask import backbone_stages
 
     stages = backbone_stages(run)
+    # A stage rebuilt from an export stands for the export's stages.
+    counts = [len(_rebuilt_source(stage).get("epochs_per_stage") or [None]) for stage in stages]
+    total = sum(counts)
     lines = ["# Training log of the shipped networks", "",
              "One feature extractor f shared by the five networks, trained on every per-image "
              "task at once, then the ν-image heads of CNN^0 and CNN^1 on the frozen f "
              "(`hagg_tf.training.multitask`). Generated from the run's `training.json` and "
              "`history.csv` by `hagg-export-models --backbone=...`.", ""]
-    for number, stage in enumerate(stages, 1):
-        if len(stages) > 1:
-            started = "" if number == 1 else f", started from stage {number - 1}'s weights"
-            lines += [f"## Stage {number} of {len(stages)}: `{stage}`{started}", ""]
+    last = 0
+    for stage, count in zip(stages, counts):
+        first, last = last + 1, last + count
+        if total > 1:
+            started = "" if first == 1 else f", started from stage {first - 1}'s weights"
+            numbers = f"Stage {first}" if count == 1 else f"Stages {first}–{last}"
+            lines += [f"## {numbers} of {total}: `{stage}`{started}", ""]
         lines += _backbone_stage_markdown(stage)
     return "\n".join(lines) + "\n"
 
 
+def _rebuilt_source(run: pathlib.Path) -> dict:
+    """The source export's training record of a run rebuilt from it, ``{}`` for other runs."""
+    from hagg_tf.training.multitask import REBUILT_STATUS
+
+    path = pathlib.Path(run) / "training.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    return (info.get("source_training") or {}) if info.get("status") == REBUILT_STATUS else {}
+
+
 def _backbone_stage_markdown(run: pathlib.Path) -> list[str]:
-    from hagg_tf.training.multitask import read_backbone_history
+    from hagg_tf.training.multitask import REBUILT_STATUS, read_backbone_history
 
     if not (run / "training.json").is_file():
         return [f"No `training.json` in `{run}`: its settings and history are not known.", ""]
     info = json.loads((run / "training.json").read_text())
+    if info.get("status") == REBUILT_STATUS:
+        return _rebuilt_stage_markdown(run, info)
     config = info.get("config", {})
     rows = read_backbone_history(run)
     columns = [key for key in (rows[0] if rows else {}) if key != "epoch"]
@@ -355,6 +491,20 @@ def _backbone_stage_markdown(run: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
+def _rebuilt_stage_markdown(run: pathlib.Path, info: dict) -> list[str]:
+    """A stage rebuilt from an export: its note, then the source's own log, one heading level
+    down (its title and introduction left out)."""
+    lines = [info.get("note") or f"Rebuilt from `{info.get('source_export')}`.", ""]
+    path = run / SOURCE_TRAINING_LOG
+    if not path.is_file():
+        return lines + ["The source export has no training log.", ""]
+    source = path.read_text().splitlines()
+    body = next((index for index, line in enumerate(source)
+                 if line.startswith("## ") or line.startswith("- ")), len(source))
+    return lines + [f"#{line}" if line.startswith("#") else line
+                    for line in source[body:]] + [""]
+
+
 def backbone_training_record(run, dataset=None) -> dict:
     """The model card's ``training`` entry of a shared-backbone run: epochs, image passes and
     wall time summed over its stages (:func:`~hagg_tf.training.multitask.backbone_stages`
@@ -366,21 +516,34 @@ def backbone_training_record(run, dataset=None) -> dict:
     """
     from hagg_tf.training.multitask import backbone_stages
 
+    from hagg_tf.training.multitask import REBUILT_STATUS
+
     run = pathlib.Path(run)
     info = json.loads((run / "training.json").read_text())
     runs = backbone_stages(run)
     stages = [json.loads((stage / "training.json").read_text())
               for stage in runs if (stage / "training.json").is_file()]
+    # A stage rebuilt from an export stands for the export's own stages (its model card).
+    epochs, images, walls = [], 0, 0.0
+    for stage in stages:
+        if stage.get("status") == REBUILT_STATUS:
+            source = stage.get("source_training") or {}
+            epochs += list(source.get("epochs_per_stage") or [])
+            images += source.get("images_seen") or 0
+            walls += source.get("wall_s_total") or 0.0
+        else:
+            epochs.append(stage.get("epochs_done"))
+            images += (stage.get("epochs_done") or 0) * (stage.get("train_records") or 0)
+            walls += stage.get("wall_s_total") or 0.0
     return {"shared_backbone": {
         "dataset": None if dataset is None else str(dataset),
         "architecture": info["config"]["architecture"],
         # Totals over the stages whose training.json is known.
-        "final_epoch": sum(stage.get("epochs_done") or 0 for stage in stages),
-        "epochs_per_stage": [stage.get("epochs_done") for stage in stages],
-        "stages": len(runs),
-        "images_seen": sum((stage.get("epochs_done") or 0) * (stage.get("train_records") or 0)
-                           for stage in stages),
-        "wall_s_total": round(sum(stage.get("wall_s_total") or 0.0 for stage in stages), 1),
+        "final_epoch": sum(epoch or 0 for epoch in epochs),
+        "epochs_per_stage": epochs,
+        "stages": len(epochs) + len(runs) - len(stages),
+        "images_seen": images,
+        "wall_s_total": round(walls, 1),
         "status": info.get("status"), "hardware": info.get("hardware"),
         "stack_heads": info.get("stack_heads"), "sample_heads": info.get("sample_heads")}}
 

@@ -299,7 +299,7 @@ def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
             nonlocal best_loss
             if logs and logs.get("val_loss", math.inf) < best_loss:
                 best_loss = float(logs["val_loss"])
-                _save(model, output / BEST_MODEL)
+                save_backbone(model, output / BEST_MODEL)
 
     write_json_atomic(summary_path, json_safe({
         "config": settings, "status": "running", "hardware": hardware_description(),
@@ -313,7 +313,7 @@ def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
     model.fit(train_batches, validation_data=validation_batches, epochs=config.epochs,
               callbacks=callbacks, verbose=verbose)
     wall = time.perf_counter() - started
-    _save(model, output / LAST_MODEL)
+    save_backbone(model, output / LAST_MODEL)
     rows = read_backbone_history(output)
     summary = {
         "config": settings, "status": "budget" if state.exhausted and len(rows) < config.epochs
@@ -366,7 +366,8 @@ def _start_from(model, run: str) -> None:
     model.set_weights(source.get_weights())
 
 
-def _save(model, path: pathlib.Path) -> None:
+def save_backbone(model, path: pathlib.Path) -> None:
+    """Saves a multi-task model as ``.keras`` under a temporary name, then renames it."""
     partial = path.with_name(f".{path.stem}.partial.keras")
     model.save(partial)
     os.replace(partial, path)
@@ -439,7 +440,7 @@ def calibrate_backbone(config: BackboneConfig) -> dict:
               if isinstance(layer, keras.layers.BatchNormalization)]
     used = recalibrate_batch_norm_layers(layers, feature_extractor, batches, CALIBRATION_BATCHES)
     after = validation_metrics(model, validation)
-    _save(model, output / CALIBRATED_MODEL)
+    save_backbone(model, output / CALIBRATED_MODEL)
     report = {"batches": used, "before": before, "after": after}
     summary_path = output / SUMMARY
     summary = json.loads(summary_path.read_text())
@@ -505,6 +506,48 @@ def backbone_from_networks(networks_by_name: dict, architecture: str, image_size
     for name in SINGLE_IMAGE_NETWORKS:
         heads[name].set_weights(get_head(networks_by_name[name]).get_weights())
     return model
+
+
+#: ``training.json`` status of a run directory rebuilt from an export
+#: (``hagg_tf.export.from_training.backbone_run_from_composite``): it has a calibrated model to
+#: start a further stage from, but no history of its own.
+REBUILT_STATUS = "rebuilt"
+
+
+def fit_auxiliary_heads(model, pooled_cache, *, epochs: int = 30, seed: int = 0
+                        ) -> dict[str, float]:
+    """Fits the per-image θ_0 and θ_1 heads of ``model`` on its frozen f (in place).
+
+    A backbone rebuilt from exported networks (:func:`backbone_from_networks`) has these
+    auxiliary heads at their initial weights: an export keeps only the ν-image heads. Left so,
+    their loss (weighted :data:`LOSS_WEIGHTS`) would push large, meaningless gradients into f in
+    the first steps of a further stage. Each head is fitted alone (MSE, Adam 1e-3, batch 64) on
+    f(I) of the train split in inference mode; f is not changed.
+
+    Args:
+        model: multi-task model (:func:`build_backbone_model`).
+        pooled_cache: pooled cache with the train and validation splits.
+        epochs: passes over the train split.
+        seed: initialisation of the optimiser's shuffling.
+
+    Returns:
+        ``{network name: per-image validation MAE after the fit}``.
+    """
+    import keras
+
+    splits, features, heads = _split_features(model, pooled_cache)
+    targets = {split: per_image_targets(splits[split].labels) for split in splits}
+    report = {}
+    for name in MULTI_IMAGE_NETWORKS:
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((features["train"].shape[1],))
+        fitted = keras.Model(inputs, heads[name](inputs))  # the model's own head layer
+        fitted.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")
+        fitted.fit(features["train"], targets["train"][name], batch_size=64, epochs=epochs,
+                   verbose=0)
+        predicted = np.asarray(fitted(features["validation"], training=False))[:, 0]
+        report[name] = round(float(np.mean(np.abs(predicted - targets["validation"][name]))), 4)
+    return report
 
 
 def _record_summary(output: pathlib.Path, key: str, record: dict) -> None:
