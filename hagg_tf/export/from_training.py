@@ -298,7 +298,6 @@ def backbone_run_from_composite(source, run_dir, pooled_cache, *, auxiliary_epoc
     """
     import shutil
 
-    from hagg_tf.data.pooled import caches_split
     from hagg_tf.estimation.model import find_model
     from hagg_tf.networks import DEFAULT_ARCHITECTURE
     from hagg_tf.training.multitask import (CALIBRATED_MODEL, REBUILT_STATUS,
@@ -315,10 +314,7 @@ def backbone_run_from_composite(source, run_dir, pooled_cache, *, auxiliary_epoc
                              "directory")
         if (run_dir / CALIBRATED_MODEL).is_file():
             return run_dir
-    missing = [split for split in ("train", "validation") if not caches_split(pooled_cache, split)]
-    if missing:
-        raise ValueError(f"{pooled_cache}: no pooled cache of the {' and '.join(missing)} "
-                         "split (hagg-train-backbone --pooled_cache builds it)")
+    _require_train_and_validation(pooled_cache)
     models, metadata = networks_from_composite(source_dir)
     model = backbone_from_networks(models, metadata.get("architecture", DEFAULT_ARCHITECTURE),
                                    int(metadata["image_size"]))
@@ -383,15 +379,21 @@ def train_shared_networks_from(config, dataset=None, *, source_export=None, work
     return train_shared_networks(config, dataset, workers=workers, verbose=verbose)
 
 
-def _fit_composite_sample_heads(models, metadata, pooled_cache, epochs, seed):
+def _require_train_and_validation(pooled_cache) -> None:
+    """Raises ValueError unless ``pooled_cache`` holds the train and validation splits."""
     from hagg_tf.data.pooled import caches_split
-    from hagg_tf.networks import DEFAULT_ARCHITECTURE
-    from hagg_tf.training.multitask import backbone_from_networks, fit_backbone_sample_heads
 
     missing = [split for split in ("train", "validation") if not caches_split(pooled_cache, split)]
     if missing:
         raise ValueError(f"{pooled_cache}: no pooled cache of the {' and '.join(missing)} "
                          "split (hagg-train-backbone --pooled_cache builds it)")
+
+
+def _fit_composite_sample_heads(models, metadata, pooled_cache, epochs, seed):
+    from hagg_tf.networks import DEFAULT_ARCHITECTURE
+    from hagg_tf.training.multitask import backbone_from_networks, fit_backbone_sample_heads
+
+    _require_train_and_validation(pooled_cache)
     model = backbone_from_networks(models, metadata.get("architecture", DEFAULT_ARCHITECTURE),
                                    int(metadata["image_size"]))
     return fit_backbone_sample_heads(model, pooled_cache, epochs=epochs, seed=seed)
@@ -516,18 +518,15 @@ def backbone_training_record(run, dataset=None) -> dict:
     """
     from hagg_tf.training.multitask import backbone_stages
 
-    from hagg_tf.training.multitask import REBUILT_STATUS
-
     run = pathlib.Path(run)
     info = json.loads((run / "training.json").read_text())
     runs = backbone_stages(run)
-    stages = [json.loads((stage / "training.json").read_text())
-              for stage in runs if (stage / "training.json").is_file()]
+    known = [stage for stage in runs if (stage / "training.json").is_file()]
     # A stage rebuilt from an export stands for the export's own stages (its model card).
     epochs, images, walls = [], 0, 0.0
-    for stage in stages:
-        if stage.get("status") == REBUILT_STATUS:
-            source = stage.get("source_training") or {}
+    for path in known:
+        stage, source = json.loads((path / "training.json").read_text()), _rebuilt_source(path)
+        if source:
             epochs += list(source.get("epochs_per_stage") or [])
             images += source.get("images_seen") or 0
             walls += source.get("wall_s_total") or 0.0
@@ -541,7 +540,7 @@ def backbone_training_record(run, dataset=None) -> dict:
         # Totals over the stages whose training.json is known.
         "final_epoch": sum(epoch or 0 for epoch in epochs),
         "epochs_per_stage": epochs,
-        "stages": len(epochs) + len(runs) - len(stages),
+        "stages": len(epochs) + len(runs) - len(known),
         "images_seen": images,
         "wall_s_total": round(walls, 1),
         "status": info.get("status"), "hardware": info.get("hardware"),
