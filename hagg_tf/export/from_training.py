@@ -14,13 +14,14 @@ from typing import Optional
 # The five networks, in the composite's order (re-exported: the registry's NETWORK_NAMES).
 from hagg_tf.data.network_specs import NETWORK_NAMES, inverse_intensity_networks
 from hagg_tf.model.io import write_json_atomic
+from hagg_tf.training.trainer import SUMMARY
 
 
 def _training_card(runs: pathlib.Path) -> tuple[dict, Optional[float]]:
     """Per network: what it was trained on and for how long (from training.json)."""
     card, pixel_sizes = {}, set()
     for name in NETWORK_NAMES:
-        path = runs / name / "training.json"
+        path = runs / name / SUMMARY
         info = json.loads(path.read_text()) if path.is_file() else {}
         pixel_sizes.add(info.get("pixel_size_nm"))
         card[name] = {key: info.get(key) for key in (
@@ -56,7 +57,7 @@ def training_log_markdown(runs) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     details = []
     for name in NETWORK_NAMES:
-        path = runs / name / "training.json"
+        path = runs / name / SUMMARY
         if not path.is_file():
             lines.append(f"| {name} | (no training.json) | | | | | | | |")
             continue
@@ -303,7 +304,6 @@ def backbone_run_from_composite(source, run_dir, pooled_cache, *, auxiliary_epoc
     from hagg_tf.training.multitask import (CALIBRATED_MODEL, REBUILT_STATUS,
                                             backbone_from_networks, fit_auxiliary_heads,
                                             save_backbone)
-    from hagg_tf.training.trainer import SUMMARY
 
     run_dir = pathlib.Path(run_dir)
     source_dir, metadata = find_model(source)
@@ -446,7 +446,7 @@ def _rebuilt_source(run: pathlib.Path) -> dict:
     """The source export's training record of a run rebuilt from it, ``{}`` for other runs."""
     from hagg_tf.training.multitask import REBUILT_STATUS
 
-    path = pathlib.Path(run) / "training.json"
+    path = pathlib.Path(run) / SUMMARY
     info = json.loads(path.read_text()) if path.is_file() else {}
     return (info.get("source_training") or {}) if info.get("status") == REBUILT_STATUS else {}
 
@@ -454,9 +454,9 @@ def _rebuilt_source(run: pathlib.Path) -> dict:
 def _backbone_stage_markdown(run: pathlib.Path) -> list[str]:
     from hagg_tf.training.multitask import REBUILT_STATUS, read_backbone_history
 
-    if not (run / "training.json").is_file():
+    if not (run / SUMMARY).is_file():
         return [f"No `training.json` in `{run}`: its settings and history are not known.", ""]
-    info = json.loads((run / "training.json").read_text())
+    info = json.loads((run / SUMMARY).read_text())
     if info.get("status") == REBUILT_STATUS:
         return _rebuilt_stage_markdown(run, info)
     config = info.get("config", {})
@@ -519,13 +519,13 @@ def backbone_training_record(run, dataset=None) -> dict:
     from hagg_tf.training.multitask import backbone_stages
 
     run = pathlib.Path(run)
-    info = json.loads((run / "training.json").read_text())
+    info = json.loads((run / SUMMARY).read_text())
     runs = backbone_stages(run)
-    known = [stage for stage in runs if (stage / "training.json").is_file()]
+    known = [stage for stage in runs if (stage / SUMMARY).is_file()]
     # A stage rebuilt from an export stands for the export's own stages (its model card).
     epochs, images, walls = [], 0, 0.0
     for path in known:
-        stage, source = json.loads((path / "training.json").read_text()), _rebuilt_source(path)
+        stage, source = json.loads((path / SUMMARY).read_text()), _rebuilt_source(path)
         if source:
             epochs += list(source.get("epochs_per_stage") or [])
             images += source.get("images_seen") or 0
@@ -572,7 +572,7 @@ def export_from_backbone(run, output, *, dataset=None, version: int = 1,
     from hagg_tf.training.trainer import pixel_size_of
 
     run = pathlib.Path(run)
-    info = json.loads((run / "training.json").read_text())
+    info = json.loads((run / SUMMARY).read_text())
     config = info["config"]
     models = networks_from_backbone(run, int(config["image_size"]), int(config["num_images"]),
                                     config["architecture"])

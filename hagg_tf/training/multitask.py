@@ -521,8 +521,8 @@ def fit_auxiliary_heads(model, pooled_cache, *, epochs: int = 30, seed: int = 0
     A backbone rebuilt from exported networks (:func:`backbone_from_networks`) has these
     auxiliary heads at their initial weights: an export keeps only the ν-image heads. Left so,
     their loss (weighted :data:`LOSS_WEIGHTS`) would push large, meaningless gradients into f in
-    the first steps of a further stage. Each head is fitted alone (MSE, Adam 1e-3, batch 64) on
-    f(I) of the train split in inference mode; f is not changed.
+    the first steps of a further stage. Each head is fitted alone (its network's loss, Adam
+    1e-3, batch 64) on f(I) of the train split in inference mode; f is not changed.
 
     Args:
         model: multi-task model (:func:`build_backbone_model`).
@@ -542,7 +542,7 @@ def fit_auxiliary_heads(model, pooled_cache, *, epochs: int = 30, seed: int = 0
         keras.utils.set_random_seed(seed)
         inputs = keras.Input((features["train"].shape[1],))
         fitted = keras.Model(inputs, heads[name](inputs))  # the model's own head layer
-        fitted.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mean_squared_error")
+        fitted.compile(optimizer=keras.optimizers.Adam(1e-3), loss=network_spec(name).loss)
         fitted.fit(features["train"], targets["train"][name], batch_size=64, epochs=epochs,
                    verbose=0)
         predicted = np.asarray(fitted(features["validation"], training=False))[:, 0]
