@@ -180,3 +180,22 @@ def test_shipped_litert_conversion_equals_the_savedmodel(sample):
     got = litert.estimate(prepared.counts, prepared.electrons_per_pixel)
     expected = savedmodel.estimate(prepared.counts, prepared.electrons_per_pixel)
     assert got.theta[2:] == expected.theta[2:]
+
+
+def test_the_space_to_depth_stem_converts_to_litert(tmp_path):
+    # Its reshape and 5-D transpose must survive the conversion with the same numbers.
+    keras.utils.set_random_seed(4)
+    size = networks.minimum_image_size("fine_s2d")
+    models = {name: networks.build_network(name, size, num_images=NU, architecture="fine_s2d")
+              for name in NETWORK_ORDER}
+    shared_f = networks.get_feature_extractor(models[NETWORK_ORDER[0]]).get_weights()
+    for model in models.values():
+        networks.get_feature_extractor(model).set_weights(shared_f)
+    version_dir = export_characterize_model(models, tmp_path, version=1, kernel_dtype="float32",
+                                            pixel_size_nm=3.5, model_card={"status": "test"})
+    write_litert_model(version_dir)
+    litert, savedmodel = LiteRTCharacterizeModel(version_dir), CharacterizeModel(version_dir)
+    counts = synthetic_counts(np.random.default_rng(6), (4,), size).astype(np.float32)
+    electrons = np.full(4, ELECTRONS_PER_PIXEL, np.float32)
+    for key, (difference, scale) in _compare(litert, savedmodel, counts, electrons).items():
+        assert difference <= allowed_difference(scale), (key, difference, scale)

@@ -413,3 +413,41 @@ def test_architecture_descriptions_state_their_flops(name):
     assert stated, architecture.description
     digits = len(stated.group(1).split(".")[1])
     assert round(architecture.flops(512) / 1e9, digits) == float(stated.group(1))
+
+
+def test_space_to_depth_stem_keeps_every_pixel_as_channels():
+    import tensorflow as tf
+
+    architecture = networks.get_architecture("fine_s2d")
+    block = architecture.space_to_depth
+    model = networks.build_network("fractal_dimension", 206, architecture="fine_s2d")
+    f = networks.get_feature_extractor(model)
+    pooling = networks.input_pooling_layer(f)
+    side = 206 // architecture.input_pooling  # 103: its last row and column are cropped
+    first_convolution = next(layer for layer in f.layers
+                             if isinstance(layer, keras.layers.Conv2D))
+    stem = f.layers[f.layers.index(pooling) + 1:f.layers.index(first_convolution)]
+    pooled = np.random.default_rng(4).normal(size=(2, side, side, 1)).astype(np.float32)
+    rearranged = pooled
+    for layer in stem:
+        rearranged = layer(rearranged)
+    cropped = side - side % block
+    expected = tf.nn.space_to_depth(pooled[:, :cropped, :cropped], block).numpy()
+    np.testing.assert_array_equal(np.asarray(rearranged), expected)
+    assert first_convolution.kernel.shape[2] == block ** 2
+
+
+def test_space_to_depth_stem_has_the_multiply_adds_of_the_max_pooled_one():
+    # A 3×3 convolution on S/2 × S/2 × 4 costs what one on S × S × 1 costs; the second
+    # convolution then runs where the fine variant's ran after its first max pooling.
+    fine, s2d = networks.get_architecture("fine"), networks.get_architecture("fine_s2d")
+    assert s2d.flops(512) == fine.flops(512)
+    assert s2d.feature_map_sizes(512)[-1] == fine.feature_map_sizes(512)[-1]
+    assert s2d.feature_map_sizes(512)[0] == fine.feature_map_sizes(512)[0] // 2
+
+
+@pytest.mark.parametrize("name", sorted(networks.ARCHITECTURES))
+def test_architecture_of_names_what_built_the_network(name):
+    size = networks.minimum_image_size(name)
+    model = networks.build_network("tio2_cluster_size", size, num_images=2, architecture=name)
+    assert networks.architecture_of(model).name == name

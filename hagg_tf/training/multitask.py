@@ -179,6 +179,20 @@ def build_backbone_model(architecture: str, image_size: int, keras):
     return keras.Model(inputs, outputs, name="shared_backbone"), donor
 
 
+def compile_backbone_model(model, learning_rate: float, keras, jit_compile="auto") -> None:
+    """Compiles a model of :func:`build_backbone_model` as :func:`train_backbone` trains it.
+
+    Adam, every network's loss weighted by :data:`LOSS_WEIGHTS`, MAE (accuracy for the
+    classifier) as metrics. ``jit_compile``: Keras' XLA switch; its ``"auto"`` leaves XLA off
+    on a CPU, where it makes the step slower (benchmarks/bench_backbone_step.py measures it).
+    """
+    losses = {name: network_spec(name).loss for name in NETWORK_NAMES}
+    metrics = {name: ["accuracy" if network_spec(name).is_classifier else "mae"]
+               for name in NETWORK_NAMES}
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses,
+                  loss_weights=LOSS_WEIGHTS, metrics=metrics, jit_compile=jit_compile)
+
+
 def _cosine_rate(config: BackboneConfig, epoch: int) -> float:
     progress = min(1.0, epoch / max(1, config.epochs - 1))
     return float(config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))))
@@ -266,11 +280,7 @@ def train_backbone(config: BackboneConfig, verbose: int = 2) -> dict:
     if config.initial_weights is not None:
         # A backup of this run (restored by fit) takes precedence over the starting weights.
         _start_from(model, config.initial_weights)
-    losses = {name: network_spec(name).loss for name in NETWORK_NAMES}
-    metrics = {name: ["accuracy" if network_spec(name).is_classifier else "mae"]
-               for name in NETWORK_NAMES}
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=losses,
-                  loss_weights=LOSS_WEIGHTS, metrics=metrics)
+    compile_backbone_model(model, config.learning_rate, keras)
     train_batches = _batches(keras, train_split, config, training=True)
     validation_batches = _batches(keras, validation_split, config, training=False)
     started = time.perf_counter()
