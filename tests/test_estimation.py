@@ -17,7 +17,8 @@ from hagg_tf.stem import render_stem, write_stem_png
 
 
 def test_cyclic_subsets_use_every_image_in_every_slot_once():
-    np.testing.assert_array_equal(cyclic_subsets(3, 3), [[0, 1, 2]])  # n = ν: the paper's stack
+    # n = ν: the ν rotations of the one stack (the paper feeds it once, in the given order)
+    np.testing.assert_array_equal(cyclic_subsets(3, 3), [[0, 1, 2], [1, 2, 0], [2, 0, 1]])
     subsets = cyclic_subsets(5, 3)
     assert subsets.shape == (5, 3)
     for slot in range(3):

@@ -294,3 +294,19 @@ def test_pooled_run_ended_by_early_stopping_is_left_alone(tiny_db, cache, tmp_pa
     assert again.already_complete and again.epochs_run == 0 and again.final_epoch == 1
     assert again.stopped_early
     assert (run / "history.csv").read_text() == history
+
+
+def test_pooled_features_of_the_space_to_depth_stem_are_the_networks():
+    # Training runs f from its pooled input on; with a space-to-depth stem the rearrangement
+    # must come with it, after the pooling.
+    from hagg_tf.training.pooled import pooled_feature_extractor
+
+    size = networks.minimum_image_size("fine_s2d")
+    pooling = networks.get_architecture("fine_s2d").input_pooling
+    model = networks.build_network("fractal_dimension", size, architecture="fine_s2d")
+    features_of = pooled_feature_extractor(model, keras)
+    pooled = np.random.default_rng(2).uniform(-0.5, 0.5, (3, size // pooling, size // pooling, 1))
+    full = np.repeat(np.repeat(pooled, pooling, axis=1), pooling, axis=2).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(features_of(pooled.astype(np.float32))),
+                               np.asarray(networks.get_feature_extractor(model)(full)),
+                               atol=1e-5)

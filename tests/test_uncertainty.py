@@ -143,11 +143,11 @@ def test_resamples_zero_is_off_and_bad_counts_are_refused(fake_characterize_mode
         unc.bootstrap_theta({"fractal_dimension_per_image": [1.8]}, model.cluster_heads, 3)
 
 
-def test_a_sample_of_exactly_nu_images_resamples_its_one_stack(fake_characterize_model):
+def test_a_sample_of_exactly_nu_images_resamples_its_stack_rotations(fake_characterize_model):
     model = fake_characterize_model(num_images=4, outputs=_outputs(4, seed=2))
     estimate, uncertainty = unc.bootstrap_theta(model.per_image(None, None),
                                                 model.cluster_heads, 4, resamples=30)
-    assert len(estimate.wo3_cluster_size_per_subset) == 1
+    assert len(estimate.wo3_cluster_size_per_subset) == 4  # the 4 rotations of the one stack
     assert uncertainty.replicates.shape == (30, 4)
     assert uncertainty.sd("fractal_dimension") > 0
 

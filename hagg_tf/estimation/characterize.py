@@ -135,8 +135,9 @@ class CharacterizationResult:
                 "mixing_ratio": "mean of rho_hat(I): CNN^rho_reg, rounded to 0/1 where "
                                 "CNN^rho_class > 0.5 (Eq. 14)",
                 "mixing_ratio_regressor_only": "mean of CNN^rho_reg",
-                "wo3_cluster_size": "CNN^0 on nu-stacks (mean over the cyclic nu-subsets when "
-                                    "n > nu), rounded to the nearest integer (Sec. 2.3.4)",
+                "wo3_cluster_size": "CNN^0 on nu-stacks (mean over the n cyclic nu-subsets, "
+                                    "the nu rotations of the stack when n = nu), rounded to "
+                                    "the nearest integer (Sec. 2.3.4)",
                 "tio2_cluster_size": "CNN^1 on inverse-intensity nu-stacks, likewise "
                                      "(Sec. 2.3.5)",
             },

@@ -11,10 +11,12 @@ For ``n`` images I_1..I_n of one sample (``n ≥ ν``):
   are kept beside them (``fractal_dimension_images_mean``, ``mixing_ratio_images_mean``).
 * θ̂_0 = η(CNN^0(I(B))) and θ̂_1 = η(CNN^1(I(B))) (Eq. 15, Sec. 2.3.5; CNN^1 sees the inverse-
   intensity images), η rounding to the nearest integer (ties to even, as numpy and TensorFlow
-  do). With ``n = ν`` the stack is the images in the given order, as in the paper. With ``n > ν``
-  the raw outputs are averaged over the ``n`` cyclic ν-subsets {(k + j) mod n : j < ν},
+  do). The raw outputs are averaged over the ``n`` cyclic ν-subsets {(k + j) mod n : j < ν},
   k = 0..n−1, before rounding: every image is used equally often and in every slot of the stack
-  exactly once, so the estimate does not depend on which images happen to share a stack.
+  exactly once, so the estimate does not depend on which images happen to share a stack or on
+  a rotation of their order. For ``n = ν`` these are the ν rotations of the one stack; the
+  paper feeds the stack once, in the given order, and then the same 12 images in another order
+  give another rounded θ̂_1 for about a fifth of the samples (docs/learning.md).
 
 These functions are the reference implementation; the composite SavedModel
 (:mod:`hagg_tf.export.characterize`) computes the same in its graph, and
@@ -45,7 +47,7 @@ def cyclic_subsets(num_available: int, num_images: int) -> np.ndarray:
         num_images: ν, the images per stack of CNN^0 / CNN^1.
 
     Returns:
-        int array (k, ν): ``[[0, …, ν−1]]`` for n = ν, else the n cyclic windows.
+        int array (n, ν): the n cyclic windows (for n = ν the ν rotations of one stack).
 
     Raises:
         ValueError: n < ν.
@@ -53,8 +55,6 @@ def cyclic_subsets(num_available: int, num_images: int) -> np.ndarray:
     if num_available < num_images:
         raise ValueError(f"{num_available} images, but the multi-image networks need at least "
                          f"nu = {num_images}")
-    if num_available == num_images:
-        return np.arange(num_images)[np.newaxis, :]
     starts = np.arange(num_available)[:, np.newaxis]
     return (starts + np.arange(num_images)[np.newaxis, :]) % num_available
 

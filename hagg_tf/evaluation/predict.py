@@ -4,7 +4,9 @@ Every image of the split goes once through each network's feature extractor f (a
 paper's preprocessing and f's own average pooling, computed in numpy exactly as
 :mod:`hagg_tf.data.pooled` does), giving the single-image outputs and, for CNN^0 / CNN^1, the
 112-dimensional features of every image. The multi-image outputs are then the heads g applied
-to the concatenated features of groups of ν images of one θ (:func:`disjoint_groups`).
+to the concatenated features of groups of ν images of one θ (:func:`disjoint_groups`), averaged
+over the ν rotations of each group, as the estimator averages a sample of n = ν images
+(:func:`hagg_tf.estimation.estimators.cyclic_subsets`).
 
 Fig. 9 asks for θ̂_0 and θ̂_1 at several ν, but CNN^0 and CNN^1 are trained for one ν (12):
 their head takes exactly ν·112 features. For every other ν a new head g (dense 44 + ReLU,
@@ -26,6 +28,7 @@ from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, caches_split, iter_p
                                  iter_pooled_shards, sums_to_inputs)
 from hagg_tf.data.design import disjoint_groups
 from hagg_tf.data.network_specs import inverse_intensity_networks
+from hagg_tf.estimation.estimators import cyclic_subsets
 from hagg_tf.evaluation.predictions import SAMPLE_HEADS_PREFIX, Predictions
 from hagg_tf.training.group_heads import fit_group_head, predict_in_chunks
 
@@ -117,6 +120,18 @@ def _predict(model, inputs: np.ndarray) -> np.ndarray:
     return predict_in_chunks(model, inputs, max(1, min(_CHUNK, _CHUNK_PIXELS // per_image)))
 
 
+def _rotated_stacks(group_features: np.ndarray) -> np.ndarray:
+    """(G, ν, F) features of G groups → (G·ν, ν·F): every group's ν rotations, concatenated
+    slot-major as the heads take them (rotation k of group g in row g·ν + k)."""
+    groups, nu, width = group_features.shape
+    return group_features[:, cyclic_subsets(nu, nu)].reshape(groups * nu, nu * width)
+
+
+def _mean_over_rotations(raw: np.ndarray, groups: int) -> np.ndarray:
+    """(G·ν,) head outputs of :func:`_rotated_stacks` → (G,) means per group."""
+    return np.asarray(raw, np.float64).reshape(groups, -1).mean(axis=1)
+
+
 def _parts(dataset_dir, split: str, pooling: int, cache_dir):
     """Pooled shards of a split: from the cache when it fits and holds the split, else decoded
     on the fly (a cache built for the evaluation split alone still serves it, and the refits
@@ -206,10 +221,10 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
         groups = disjoint_groups(arrays["theta_id"], nu, seed=seed)
         arrays[f"groups_nu{nu}"] = groups
         for name in MULTI_IMAGE_NETWORKS:
-            features = outputs[f"features/{name}"][groups].reshape(len(groups), -1)
+            features = _rotated_stacks(outputs[f"features/{name}"][groups])
             if nu == trained_nu:
-                arrays[f"{name}_pred_nu{nu}"] = np.asarray(
-                    apply_trained_head(models[name], features))[:, 0]
+                arrays[f"{name}_pred_nu{nu}"] = _mean_over_rotations(
+                    np.asarray(apply_trained_head(models[name], features))[:, 0], len(groups))
                 continue
             (train_out, train_labels) = reference["train"]
             (validation_out, validation_labels) = reference["validation"]
@@ -217,7 +232,8 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
             head, validation_mae = fit_group_head(
                 name, nu, train_out[f"features/{name}"], train_labels,
                 validation_out[f"features/{name}"], validation_labels, seed=seed)
-            arrays[f"{name}_pred_nu{nu}"] = _predict(head, features)[:, 0]
+            arrays[f"{name}_pred_nu{nu}"] = _mean_over_rotations(_predict(head, features)[:, 0],
+                                                                 len(groups))
             info["group_heads"][f"{name}_nu{nu}"] = {
                 "how": "head g refitted on the frozen f of the trained network",
                 "validation_mae": (round(validation_mae, 4) if np.isfinite(validation_mae)

@@ -13,10 +13,11 @@ CNN^1) and one TensorFlow graph that runs, for ``n ≥ ν`` images of one sample
    (:mod:`hagg_tf.data.sample_heads`), θ̂_Df and θ̂_ρ from those heads on summaries of the
    per-image outputs, the two means then kept as ``fractal_dimension_images_mean`` and
    ``mixing_ratio_images_mean``; θ̂_0 = η(CNN^0(ν-stack)),
-   θ̂_1 = η(CNN^1(inverse-intensity ν-stack)) with η rounding to the nearest integer ≥ 0. With
-   ``n > ν`` images the multi-image heads are averaged over the ``n`` cyclic ν-subsets
-   {(k + j) mod n : j < ν}, k = 0..n−1, in which every image sits in every slot exactly once;
-   since f runs once per image and g is tiny, the extra subsets cost nothing measurable.
+   θ̂_1 = η(CNN^1(inverse-intensity ν-stack)) with η rounding to the nearest integer ≥ 0. The
+   multi-image heads are averaged over the ``n`` cyclic ν-subsets {(k + j) mod n : j < ν},
+   k = 0..n−1, in which every image sits in every slot exactly once (for ``n = ν`` the ν
+   rotations of the stack); since f runs once per image and g is tiny, the extra subsets cost
+   nothing measurable.
 
 The networks in the graph are the Keras networks themselves: each is rebuilt with
 :func:`hagg_tf.networks.build_network` (the architecture recorded in the export), and the graph
@@ -62,7 +63,7 @@ are not rounded, so both vectors share them), the same as named scalars (``fract
 every network's raw output per image (``fractal_dimension_per_image``,
 ``mixing_ratio_regressor_per_image``, ``homogeneous_probability_per_image``,
 ``mixing_ratio_per_image``, all (b, n)) and per ν-subset (``wo3_cluster_size_per_subset``,
-``tio2_cluster_size_per_subset``, (b, k) with k = 1 if n = ν else n).
+``tio2_cluster_size_per_subset``, (b, n)).
 
 Storage: the Keras weights of every network under their layer names (so the Keras networks can
 be rebuilt from the export, see :func:`load_network_weights`), transformed by
@@ -330,11 +331,10 @@ def cyclic_subset_indices(num_available, num_images: int) -> tf.Tensor:
         num_images: ν.
 
     Returns:
-        int32 tensor (k, ν): one subset (0, …, ν−1) if n = ν, else the n cyclic windows.
+        int32 tensor (n, ν): the n cyclic windows (for n = ν the ν rotations of one stack).
     """
     num_available = tf.cast(num_available, tf.int32)
-    count = tf.where(tf.equal(num_available, num_images), 1, num_available)
-    starts = tf.range(count, dtype=tf.int32)[:, tf.newaxis]
+    starts = tf.range(num_available, dtype=tf.int32)[:, tf.newaxis]
     return (starts + tf.range(num_images, dtype=tf.int32)[tf.newaxis, :]) % num_available
 
 
@@ -636,8 +636,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
     feature_dims = module.feature_dims
     estimators = {
         "classifier_threshold": module.classifier_threshold,
-        "subsets": "n = nu: the images in the given order; n > nu: the n cyclic windows "
-                   "{(k + j) mod n : j < nu}, raw outputs averaged, then rounded",
+        "subsets": "the n cyclic windows {(k + j) mod n : j < nu} (n = nu: the nu rotations "
+                   "of the stack), raw outputs averaged, then rounded",
         "rounding": "nearest integer >= 0, ties to even",
     }
     if sample_heads is not None:
