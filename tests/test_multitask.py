@@ -15,6 +15,7 @@ from hagg_tf.networks.architecture import get_head  # noqa: E402
 from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, NETWORK_NAMES,  # noqa: E402
                                         SINGLE_IMAGE_NETWORKS, inverse_intensity_networks)
 from hagg_tf.data.pooled import load_pooled_split  # noqa: E402
+from hagg_tf.estimation.estimators import cyclic_subsets  # noqa: E402
 from hagg_tf.training import TrainingError  # noqa: E402
 from hagg_tf.training import multitask  # noqa: E402
 from hagg_tf.training.multitask import (BackboneConfig, backbone_parts,  # noqa: E402
@@ -199,9 +200,11 @@ def test_export_records_that_no_network_takes_the_inverse_images(trained, tmp_pa
     for key in ("tio2_cluster_size_raw", "wo3_cluster_size_raw", "fractal_dimension"):
         np.testing.assert_array_equal(outputs[0][key].numpy(), outputs[1][key].numpy())
     models = networks_from_backbone(config.output, size, NU, "fine")
-    expected = np.asarray(models["tio2_cluster_size"](images[..., np.newaxis],
-                                                      training=False))[:, 0]
-    np.testing.assert_allclose(outputs[0]["tio2_cluster_size_raw"].numpy(), expected, atol=2e-5)
+    # θ̂_1's raw value: the network averaged over the ν rotations of the sample's stack.
+    rotations = images[0][cyclic_subsets(NU, NU)][..., np.newaxis]
+    expected = np.asarray(models["tio2_cluster_size"](rotations, training=False))[:, 0].mean()
+    np.testing.assert_allclose(outputs[0]["tio2_cluster_size_raw"].numpy(), [expected],
+                               atol=2e-5)
 
 
 def test_the_sample_heads_are_fitted_exported_and_used_by_every_runtime(trained, tmp_path):
