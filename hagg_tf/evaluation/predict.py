@@ -127,9 +127,9 @@ def _rotated_stacks(group_features: np.ndarray) -> np.ndarray:
     return group_features[:, cyclic_subsets(nu, nu)].reshape(groups * nu, nu * width)
 
 
-def _mean_over_rotations(raw: np.ndarray, groups: int) -> np.ndarray:
+def _mean_over_rotations(raw: np.ndarray, groups: int, nu: int) -> np.ndarray:
     """(G·ν,) head outputs of :func:`_rotated_stacks` → (G,) means per group."""
-    return np.asarray(raw, np.float64).reshape(groups, -1).mean(axis=1)
+    return np.asarray(raw, np.float64).reshape(groups, nu).mean(axis=1)
 
 
 def _parts(dataset_dir, split: str, pooling: int, cache_dir):
@@ -224,7 +224,7 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
             features = _rotated_stacks(outputs[f"features/{name}"][groups])
             if nu == trained_nu:
                 arrays[f"{name}_pred_nu{nu}"] = _mean_over_rotations(
-                    np.asarray(apply_trained_head(models[name], features))[:, 0], len(groups))
+                    np.asarray(apply_trained_head(models[name], features))[:, 0], len(groups), nu)
                 continue
             (train_out, train_labels) = reference["train"]
             (validation_out, validation_labels) = reference["validation"]
@@ -233,7 +233,7 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
                 name, nu, train_out[f"features/{name}"], train_labels,
                 validation_out[f"features/{name}"], validation_labels, seed=seed)
             arrays[f"{name}_pred_nu{nu}"] = _mean_over_rotations(_predict(head, features)[:, 0],
-                                                                 len(groups))
+                                                                 len(groups), nu)
             info["group_heads"][f"{name}_nu{nu}"] = {
                 "how": "head g refitted on the frozen f of the trained network",
                 "validation_mae": (round(validation_mae, 4) if np.isfinite(validation_mae)
