@@ -13,6 +13,7 @@ from hagg_tf.data.manifest import load_manifest, shard_paths  # noqa: E402
 from hagg_tf.data.pooled import (build_pooled_cache, iter_pooled_shards,  # noqa: E402
                                  load_pooled_split, sums_to_inputs)
 from hagg_tf.data.records import read_samples  # noqa: E402
+from hagg_tf.estimation.estimators import cyclic_subsets  # noqa: E402
 from hagg_tf.evaluation.predict import predict_split  # noqa: E402
 from hagg_tf.training import SUMMARY, read_history  # noqa: E402
 from hagg_tf.training.pooled import (epoch_plan, make_batches, pooled_twin,  # noqa: E402
@@ -205,7 +206,7 @@ def test_predict_split_aligns_outputs_groups_and_baselines(tiny_db, cache, predi
     # The trained ν uses the network itself on the group's images, averaged over the group's
     # ν rotations as the estimator averages a sample of ν images.
     group = arrays["groups_nu3"][0]
-    rotations = np.stack([np.roll(group, -shift) for shift in range(3)])
+    rotations = group[cyclic_subsets(3, 3)]
     stacks = sums_to_inputs(evaluation.inverted[rotations], POOLING)[..., None]
     expected = np.asarray(pooled_twin(models["tio2_cluster_size"], keras)(stacks))[:, 0]
     np.testing.assert_allclose(arrays["tio2_cluster_size_pred_nu3"][0], expected.mean(),

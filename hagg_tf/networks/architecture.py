@@ -162,8 +162,7 @@ ARCHITECTURES = {
         # The same seven convolutions and multiply-adds, with the first max pooling replaced
         # by a 2×2 space-to-depth rearrangement in front of the first convolution: it reads
         # the 2.4 nm pixels losslessly (as four channels of a 4.8 nm grid), and the maps of the
-        # first block, the largest of f and what a training step on a CPU spends most on,
-        # shrink 4× (docs/learning.md has the measured speed-up).
+        # first block, the largest of f, shrink 4× (docs/learning.md has the measured speed-up).
         Architecture("fine_s2d", 2,
                      (16, 16, "max_pool", 32, "max_pool", 64, 64, "max_pool", 128, "max_pool",
                       128, "max_pool"),
@@ -308,14 +307,11 @@ def architecture_of(model: keras.Model) -> Architecture:
     convolutions = [(layer.filters, layer.padding) for layer in convolution_layers]
     # The first convolution's input channels tell the space-to-depth block (b² channels).
     first_channels = int(convolution_layers[0].kernel.shape[2]) if convolution_layers else 1
-    max_poolings = sum(isinstance(layer, keras.layers.MaxPooling2D)
-                       for layer in feature_extractor.layers)
     for architecture in ARCHITECTURES.values():
         planned = [(entry, architecture.padding) for entry in architecture.plan
                    if entry != "max_pool"]
         if (architecture.input_pooling == pooling and planned == convolutions
-                and architecture.space_to_depth ** 2 == first_channels
-                and architecture.plan.count("max_pool") == max_poolings):
+                and architecture.space_to_depth ** 2 == first_channels):
             return architecture
     raise ValueError(f"model {model.name!r} matches none of the architectures "
                      f"{sorted(ARCHITECTURES)}")
