@@ -29,6 +29,10 @@ python tools/train_backbone.py --dataset=work/datasets/realistic \
   --pooled_cache=work/cache/realistic_pool2 --output=work/training/shared_fine_stage3 \
   --initial_weights=work/training/shared_fine_stage2 --epochs=10 --learning_rate=3e-4 \
   --max_wall_minutes=60
+# The shipped ν-image heads were fitted by the code of this run (the kept epoch chosen on the
+# estimator's mean over the 12 rotations of every validation stack), but after the fact:
+# hagg-export-models --from_composite=saved_models/characterize/3 --stack_heads_cache=...
+# on the shipped f, the same fit (seed 0, 60 epochs) as this run's.
 # --overwrite: a clone already holds the shipped saved_models/characterize/3 (git diff shows
 # what the rerun changed).
 python tools/export_models.py --backbone=work/training/shared_fine_stage3 \

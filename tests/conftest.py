@@ -45,13 +45,14 @@ def tiny_compact_cache(tiny_database, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_fine_cache(tiny_database, tmp_path_factory):
-    """(database, pooled cache) of the tiny preset at the ``fine`` architecture's pooling and
-    smallest image size (the shared backbone's tests). Tests must not modify either."""
+    """(database, pooled cache) of the tiny preset at the default backbone architecture's pooling
+    and smallest image size (the shared backbone's tests). Tests must not modify either."""
     from hagg_tf import networks
     from hagg_tf.data.pooled import build_pooled_cache
+    from hagg_tf.training.multitask import DEFAULT_BACKBONE_ARCHITECTURE
 
-    database = tiny_database(networks.minimum_image_size("fine"))
-    pooling = networks.get_architecture("fine").input_pooling
+    database = tiny_database(networks.minimum_image_size(DEFAULT_BACKBONE_ARCHITECTURE))
+    pooling = networks.get_architecture(DEFAULT_BACKBONE_ARCHITECTURE).input_pooling
     cache = build_pooled_cache(database, tmp_path_factory.mktemp("tiny_fine_cache") / "pool",
                                pooling, workers=1, progress=False)
     return database, cache

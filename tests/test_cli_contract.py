@@ -191,6 +191,10 @@ def test_no_tool_or_document_names_an_out_dir_flag():
      "--evaluate_dataset=/nonexistent"),
     ("hagg-export-models", ["--from_composite=saved_models", "--sample_heads_cache=/nonexistent"],
      "--sample_heads_cache=/nonexistent"),
+    ("hagg-export-models", ["--from_composite=saved_models", "--stack_heads_cache=/nonexistent"],
+     "--stack_heads_cache=/nonexistent"),
+    ("hagg-export-models", ["--runs=work/training", "--stack_heads_cache=work"],
+     "--stack_heads_cache goes with --from_composite"),
 ])
 def test_bad_flag_values_are_one_error_line(name, arguments, fragment, tmp_path):
     result = _run_script(name, *arguments, f"--output={tmp_path / 'out'}")

@@ -12,13 +12,15 @@ import keras  # noqa: E402
 
 from hagg_tf import networks  # noqa: E402
 from hagg_tf.networks.architecture import get_head  # noqa: E402
-from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, NETWORK_NAMES,  # noqa: E402
-                                        SINGLE_IMAGE_NETWORKS, inverse_intensity_networks)
+from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, MULTI_IMAGE_NETWORKS,  # noqa: E402
+                                        NETWORK_NAMES, SINGLE_IMAGE_NETWORKS,
+                                        inverse_intensity_networks)
 from hagg_tf.data.pooled import load_pooled_split  # noqa: E402
 from hagg_tf.estimation.estimators import cyclic_subsets  # noqa: E402
 from hagg_tf.training import TrainingError  # noqa: E402
 from hagg_tf.training import multitask  # noqa: E402
-from hagg_tf.training.multitask import (BackboneConfig, backbone_parts,  # noqa: E402
+from hagg_tf.training.multitask import (DEFAULT_BACKBONE_ARCHITECTURE as ARCHITECTURE,  # noqa: E402
+                                        BackboneConfig, backbone_parts,
                                         calibrate_backbone, load_backbone, networks_from_backbone,
                                         per_image_targets, read_backbone_history,
                                         train_backbone)
@@ -27,7 +29,7 @@ NU = 3
 
 
 def _config(cache, output, **overrides):
-    settings = dict(architecture="fine", image_size=networks.minimum_image_size("fine"),
+    settings = dict(architecture=ARCHITECTURE, image_size=networks.minimum_image_size(ARCHITECTURE),
                     epochs=2, batch_size=4, steps_per_epoch=2, num_images=NU, stack_epochs=2,
                     sample_head_epochs=2)
     settings.update(overrides)
@@ -95,7 +97,7 @@ def test_a_second_stage_starts_from_the_calibrated_weights_of_the_first(trained,
     assert multitask.load_sample_heads(second.output) is None
     start_f, start_heads = backbone_parts(load_backbone(config.output))
     after_f, after_heads = backbone_parts(load_backbone(second.output, "last"))
-    fresh, _ = multitask.build_backbone_model("fine", config.image_size, keras)
+    fresh, _ = multitask.build_backbone_model(ARCHITECTURE, config.image_size, keras)
     fresh_f, _ = backbone_parts(fresh)
     # A step at a learning rate of 1e-12 leaves the trainable weights where they started.
     for start, after, new in zip(start_f.trainable_weights, after_f.trainable_weights,
@@ -147,7 +149,7 @@ def test_a_run_written_before_initial_weights_existed_still_resumes(trained, tmp
 
 def test_the_five_networks_are_the_backbone_and_its_heads(trained, tiny_fine_cache):
     config, _ = trained
-    models = networks_from_backbone(config.output, config.image_size, NU, "fine")
+    models = networks_from_backbone(config.output, config.image_size, NU, ARCHITECTURE)
     model = load_backbone(config.output)
     feature_extractor, heads = backbone_parts(model)
     size = config.image_size
@@ -199,7 +201,7 @@ def test_export_records_that_no_network_takes_the_inverse_images(trained, tmp_pa
         for inverted in (images, rng.uniform(-0.5, 0.5, images.shape).astype(np.float32))]
     for key in ("tio2_cluster_size_raw", "wo3_cluster_size_raw", "fractal_dimension"):
         np.testing.assert_array_equal(outputs[0][key].numpy(), outputs[1][key].numpy())
-    models = networks_from_backbone(config.output, size, NU, "fine")
+    models = networks_from_backbone(config.output, size, NU, ARCHITECTURE)
     # θ̂_1's raw value: the network averaged over the ν rotations of the sample's stack.
     rotations = images[0][cyclic_subsets(NU, NU)][..., np.newaxis]
     expected = np.asarray(models["tio2_cluster_size"](rotations, training=False))[:, 0].mean()
@@ -276,6 +278,42 @@ def test_the_sample_heads_are_fitted_exported_and_used_by_every_runtime(trained,
         export_sample_heads(version_dir, metadata)
 
 
+def test_the_stack_heads_refitted_from_an_export_are_the_runs_own(trained, tmp_path):
+    # hagg-export-models --from_composite --stack_heads_cache fits the ν-image heads again on
+    # the export's f: with the run's seed and epochs it gets the run's heads, and records them.
+    from hagg_tf.export.from_training import (export_from_backbone, export_from_composite,
+                                              networks_from_composite)
+
+    config, _ = trained
+    summary = json.loads((pathlib.Path(config.output) / "training.json").read_text())
+    assert summary["stack_heads"]["how"] == multitask.STACK_HEADS_HOW
+    version_dir = export_from_backbone(config.output, tmp_path / "run",
+                                       kernel_dtype="float32")["composite"]
+    refitted = export_from_composite(version_dir, tmp_path / "refit", version=2,
+                                     per_network=False, composite=True, kernel_dtype="float32",
+                                     stack_heads_cache=config.pooled_cache,
+                                     stack_head_epochs=config.stack_epochs,
+                                     seed=config.seed)["composite"]
+    metadata = json.loads((refitted / "hagg_tf_export.json").read_text())
+    record = metadata["model_card"]["training"]["shared_backbone"]["stack_heads"]
+    assert set(record["validation_mae"]) == set(MULTI_IMAGE_NETWORKS)
+    for name, value in summary["stack_heads"]["validation_mae"].items():
+        assert record["validation_mae"][name] == (None if value is None
+                                                  else pytest.approx(value, abs=1e-6))
+    assert "pooled cache" in record["how"] and record["epochs"] == config.stack_epochs
+    log = (refitted / "TRAINING.md").read_text()
+    assert log.startswith((version_dir / "TRAINING.md").read_text().rstrip("\n"))
+    assert log.rstrip("\n").splitlines()[-1].startswith("- ν-image heads of CNN^0 and CNN^1")
+    models, _ = networks_from_composite(refitted)
+    with np.load(pathlib.Path(config.output) / multitask.STACK_HEADS) as stored:
+        for name in MULTI_IMAGE_NETWORKS:
+            for index, weight in enumerate(get_head(models[name]).get_weights()):
+                np.testing.assert_allclose(weight, stored[f"{name}/{index}"], atol=1e-6)
+    with pytest.raises(ValueError, match="pooled cache of the train and validation split"):
+        export_from_composite(version_dir, tmp_path / "none", composite=True,
+                              per_network=False, stack_heads_cache=tmp_path / "no_cache")
+
+
 def test_a_backbone_is_rebuilt_only_from_networks_that_share_one_f(trained):
     config, _ = trained
     models = networks_from_backbone(config.output, image_size=config.image_size,
@@ -329,7 +367,7 @@ def test_the_composite_runs_the_shared_f_once_per_image(trained):
                                              network_weights)
 
     config, _ = trained
-    models = networks_from_backbone(config.output, config.image_size, NU, "fine")
+    models = networks_from_backbone(config.output, config.image_size, NU, ARCHITECTURE)
     weights = {name: network_weights(models[name]) for name in NETWORK_NAMES}
     shared = CharacterizeModule(weights, {name: _network_settings(models[name], False)
                                           for name in NETWORK_NAMES},

@@ -17,6 +17,12 @@ Examples:
       --version=3 --kernel_dtype=float32 --sample_heads_cache=work/cache/realistic_pool2 \
       --evaluate_dataset=work/datasets/realistic
 
+  # the same with the ν-image heads of CNN^0 and CNN^1 fitted again on the frozen f (the
+  # command that refitted the shipped heads):
+  hagg-export-models --from_composite=saved_models/characterize/3 --output=work/saved_models \
+      --version=3 --kernel_dtype=float32 --stack_heads_cache=work/cache/realistic_pool2 \
+      --evaluate_dataset=work/datasets/realistic --litert
+
   # per-network SavedModels (TF Serving, one model each) recreated from a shipped composite:
   hagg-export-models --from_composite=saved_models --per_network --nocomposite \
       --output=work/saved_models
@@ -66,6 +72,12 @@ _SAMPLE_HEADS_CACHE = flags.DEFINE_string(
     "(hagg-train-backbone --pooled_cache); default: keep the source's.")
 _SAMPLE_HEAD_EPOCHS = flags.DEFINE_integer("sample_head_epochs", 120,
                                            "Epochs of that fit.", lower_bound=1)
+_STACK_HEADS_CACHE = flags.DEFINE_string(
+    "stack_heads_cache", None, "With --from_composite: fit the ν-image heads of CNN^0 and CNN^1 "
+    "again on the networks' frozen f and this pooled cache of their training database "
+    "(hagg_tf.training.group_heads); default: keep the source's.")
+_STACK_HEAD_EPOCHS = flags.DEFINE_integer("stack_head_epochs", 60, "Epochs of that fit.",
+                                          lower_bound=1)
 _PLACEHOLDER = flags.DEFINE_bool("placeholder", False,
                                  "Mark the networks as placeholders in the model card.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "last"], "Checkpoint of each run.")
@@ -94,12 +106,15 @@ def main(argv):
             fail(f"--dataset={_DATASET.value}: no database (manifest.json) there")
     elif _DATASET.value is not None:
         fail("--dataset goes with --backbone")
-    if _SAMPLE_HEADS_CACHE.value is not None:
+    for flag, heads in ((_SAMPLE_HEADS_CACHE, "sample heads"), (_STACK_HEADS_CACHE,
+                                                                 "ν-image heads")):
+        if flag.value is None:
+            continue
         if _FROM_COMPOSITE.value is None:
-            fail("--sample_heads_cache goes with --from_composite (a --backbone run fits its "
-                 "own sample heads)")
-        if not pathlib.Path(_SAMPLE_HEADS_CACHE.value).is_dir():
-            fail(f"--sample_heads_cache={_SAMPLE_HEADS_CACHE.value}: no such directory")
+            fail(f"--{flag.name} goes with --from_composite (a --backbone run fits its own "
+                 f"{heads})")
+        if not pathlib.Path(flag.value).is_dir():
+            fail(f"--{flag.name}={flag.value}: no such directory")
     if _EVALUATE.value is not None and not (pathlib.Path(_EVALUATE.value)
                                             / "manifest.json").is_file():
         fail(f"--evaluate_dataset={_EVALUATE.value}: no database (manifest.json) there")
@@ -149,7 +164,9 @@ def main(argv):
                 overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
                 composite=_COMPOSITE.value, kernel_dtype=_KERNEL_DTYPE.value, litert=litert,
                 evaluate_dataset=_EVALUATE.value, sample_heads_cache=_SAMPLE_HEADS_CACHE.value,
-                sample_head_epochs=_SAMPLE_HEAD_EPOCHS.value)
+                sample_head_epochs=_SAMPLE_HEAD_EPOCHS.value,
+                stack_heads_cache=_STACK_HEADS_CACHE.value,
+                stack_head_epochs=_STACK_HEAD_EPOCHS.value)
     except (FileExistsError, FileNotFoundError, ValueError, LiteRTConversionError) as error:
         fail(str(error))
     for key, path in written.items():

@@ -21,6 +21,7 @@ from absl import flags
 
 from hagg_tf.cli import (check_output_dir, define_float, define_seed, fail,
                          reject_extra_arguments, run_tool)
+from hagg_tf.training.multitask import DEFAULT_BACKBONE_ARCHITECTURE
 
 _DATASET = flags.DEFINE_string("dataset", "work/datasets/realistic",
                                "Database directory (hagg-generate-dataset) whose pooled cache "
@@ -28,7 +29,7 @@ _DATASET = flags.DEFINE_string("dataset", "work/datasets/realistic",
 _POOLED_CACHE = flags.DEFINE_string("pooled_cache", "work/cache/realistic_pool2",
                                     "Pooled cache of --dataset (built if missing).")
 _OUTPUT = flags.DEFINE_string("output", "work/training/shared_fine", "Run directory.")
-_ARCHITECTURE = flags.DEFINE_string("architecture", "fine",
+_ARCHITECTURE = flags.DEFINE_string("architecture", DEFAULT_BACKBONE_ARCHITECTURE,
                                     "Feature extractor (hagg_tf.networks.ARCHITECTURES).")
 _EPOCHS = flags.DEFINE_integer("epochs", 12, "Epochs of the backbone.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per step.", lower_bound=1)

@@ -359,6 +359,31 @@ def expected_multi_image_samples(counts_per_theta: np.ndarray, num_images: int) 
     return int(np.sum(np.asarray(counts_per_theta) // int(num_images)))
 
 
+def cyclic_subsets(num_available: int, num_images: int) -> np.ndarray:
+    """Indices of the n cyclic ν-subsets {(k + j) mod n : j < ν}, k = 0..n−1, of n images.
+
+    Every image is used ν times and sits in every slot of a stack exactly once; the estimators
+    of θ_0 and θ_1 (:mod:`hagg_tf.estimation.estimators`) average the ν-image heads over these
+    subsets, and the ν-image heads are selected on the same mean
+    (:mod:`hagg_tf.training.group_heads`).
+
+    Args:
+        num_available: n, the number of images of the sample.
+        num_images: ν, the images per stack of CNN^0 / CNN^1.
+
+    Returns:
+        int array (n, ν): the n cyclic windows (for n = ν the ν rotations of one stack).
+
+    Raises:
+        ValueError: n < ν.
+    """
+    if num_available < num_images:
+        raise ValueError(f"{num_available} images, but the multi-image networks need at least "
+                         f"nu = {num_images}")
+    starts = np.arange(num_available)[:, np.newaxis]
+    return (starts + np.arange(num_images)[np.newaxis, :]) % num_available
+
+
 def disjoint_groups(theta_id: np.ndarray, nu: int, seed: int = 0,
                     max_groups_per_theta: Optional[int] = None) -> np.ndarray:
     """Groups of ``nu`` images of one configuration each, no image used twice.

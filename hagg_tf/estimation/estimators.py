@@ -32,31 +32,14 @@ import numpy as np
 # CLASSIFIER_THRESHOLD: CNN^ρ_class output above which an image counts as homogeneous (Sec.
 # 2.3.3), from the registry of the networks (re-exported here).
 from hagg_tf.data.network_specs import CLASSIFIER_THRESHOLD  # noqa: F401
+# cyclic_subsets: the n cyclic ν-subsets of n images, the ν rotations of a stack for n = ν
+# (re-exported here; the training's model selection uses them too).
+from hagg_tf.data.design import cyclic_subsets  # noqa: F401
 from hagg_tf.data.sample_heads import SampleHeads
 from hagg_tf.model.parameters import ModelParameters
 
 #: θ_Df of digital shadows is clipped into this closed interval inside the model's (1, 3).
 SHADOW_FRACTAL_DIMENSION_RANGE = (1.01, 2.99)
-
-
-def cyclic_subsets(num_available: int, num_images: int) -> np.ndarray:
-    """Indices of the ν-subsets used for ``n`` images (see the module docstring).
-
-    Args:
-        num_available: n, the number of images of the sample.
-        num_images: ν, the images per stack of CNN^0 / CNN^1.
-
-    Returns:
-        int array (n, ν): the n cyclic windows (for n = ν the ν rotations of one stack).
-
-    Raises:
-        ValueError: n < ν.
-    """
-    if num_available < num_images:
-        raise ValueError(f"{num_available} images, but the multi-image networks need at least "
-                         f"nu = {num_images}")
-    starts = np.arange(num_available)[:, np.newaxis]
-    return (starts + np.arange(num_images)[np.newaxis, :]) % num_available
 
 
 def combine_mixing_ratio(regressor: np.ndarray, homogeneous_probability: np.ndarray,

@@ -28,9 +28,9 @@ from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, caches_split, iter_p
                                  iter_pooled_shards, sums_to_inputs)
 from hagg_tf.data.design import disjoint_groups
 from hagg_tf.data.network_specs import inverse_intensity_networks
-from hagg_tf.estimation.estimators import cyclic_subsets
 from hagg_tf.evaluation.predictions import SAMPLE_HEADS_PREFIX, Predictions
-from hagg_tf.training.group_heads import fit_group_head, predict_in_chunks
+from hagg_tf.training.group_heads import (fit_group_head, mean_over_rotations,
+                                         predict_in_chunks, rotated_stacks)
 
 SINGLE_IMAGE_OUTPUTS = {"fractal_dimension": "fractal_dimension_pred",
                         "mixing_ratio_regressor": "mixing_ratio_regressor_pred",
@@ -118,18 +118,6 @@ def _predict(model, inputs: np.ndarray) -> np.ndarray:
     # 2x2-pooled images (256 px) take a GB each.
     per_image = int(np.prod(inputs.shape[1:])) or 1
     return predict_in_chunks(model, inputs, max(1, min(_CHUNK, _CHUNK_PIXELS // per_image)))
-
-
-def _rotated_stacks(group_features: np.ndarray) -> np.ndarray:
-    """(G, ν, F) features of G groups → (G·ν, ν·F): every group's ν rotations, concatenated
-    slot-major as the heads take them (rotation k of group g in row g·ν + k)."""
-    groups, nu, width = group_features.shape
-    return group_features[:, cyclic_subsets(nu, nu)].reshape(groups * nu, nu * width)
-
-
-def _mean_over_rotations(raw: np.ndarray, groups: int, nu: int) -> np.ndarray:
-    """(G·ν,) head outputs of :func:`_rotated_stacks` → (G,) means per group."""
-    return np.asarray(raw, np.float64).reshape(groups, nu).mean(axis=1)
 
 
 def _parts(dataset_dir, split: str, pooling: int, cache_dir):
@@ -221,9 +209,9 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
         groups = disjoint_groups(arrays["theta_id"], nu, seed=seed)
         arrays[f"groups_nu{nu}"] = groups
         for name in MULTI_IMAGE_NETWORKS:
-            features = _rotated_stacks(outputs[f"features/{name}"][groups])
+            features = rotated_stacks(outputs[f"features/{name}"][groups])
             if nu == trained_nu:
-                arrays[f"{name}_pred_nu{nu}"] = _mean_over_rotations(
+                arrays[f"{name}_pred_nu{nu}"] = mean_over_rotations(
                     np.asarray(apply_trained_head(models[name], features))[:, 0], len(groups), nu)
                 continue
             (train_out, train_labels) = reference["train"]
@@ -232,7 +220,7 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
             head, validation_mae = fit_group_head(
                 name, nu, train_out[f"features/{name}"], train_labels,
                 validation_out[f"features/{name}"], validation_labels, seed=seed)
-            arrays[f"{name}_pred_nu{nu}"] = _mean_over_rotations(_predict(head, features)[:, 0],
+            arrays[f"{name}_pred_nu{nu}"] = mean_over_rotations(_predict(head, features)[:, 0],
                                                                  len(groups), nu)
             info["group_heads"][f"{name}_nu{nu}"] = {
                 "how": "head g refitted on the frozen f of the trained network",

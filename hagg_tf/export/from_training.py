@@ -12,7 +12,9 @@ import pathlib
 from typing import Optional
 
 # The five networks, in the composite's order (re-exported: the registry's NETWORK_NAMES).
-from hagg_tf.data.network_specs import NETWORK_NAMES, inverse_intensity_networks
+from hagg_tf.data.network_specs import (MULTI_IMAGE_NETWORKS, NETWORK_NAMES,
+                                        inverse_intensity_networks)
+from hagg_tf.jsonsafe import json_safe
 from hagg_tf.model.io import write_json_atomic
 from hagg_tf.training.trainer import SUMMARY
 
@@ -209,7 +211,8 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
                           per_network: bool = True, composite: bool = False,
                           kernel_dtype: str = "float16", litert: bool = False,
                           evaluate_dataset=None, sample_heads_cache=None,
-                          sample_head_epochs: int = 120, seed: int = 0) -> dict:
+                          sample_head_epochs: int = 120, stack_heads_cache=None,
+                          stack_head_epochs: int = 60, seed: int = 0) -> dict:
     """Rebuilds the Keras networks from a composite export and exports them again.
 
     Args:
@@ -222,14 +225,20 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
             outputs (:func:`hagg_tf.training.multitask.fit_backbone_sample_heads`; the networks
             must share one f, as a shared-backbone export does) and recorded in the model card
             and in ``TRAINING.md``.
-        sample_head_epochs, seed: of that fit.
+        sample_head_epochs: of that fit.
+        stack_heads_cache: None: keep the ν-image heads of CNN^0 and CNN^1. Else a pooled cache
+            as for ``sample_heads_cache``: their heads g are fitted again on the networks'
+            frozen f (:func:`hagg_tf.training.multitask.fit_backbone_stack_heads`) and
+            recorded likewise.
+        stack_head_epochs: of that fit.
+        seed: of both fits.
 
     Returns:
         As :func:`export_from_runs`.
 
     Raises:
-        ValueError: ``sample_heads_cache`` is not a pooled cache, or the networks do not share
-            one f.
+        ValueError: ``sample_heads_cache`` or ``stack_heads_cache`` is not a pooled cache, or
+            the networks do not share one f.
     """
     from hagg_tf.estimation.model import export_sample_heads, find_model
 
@@ -237,10 +246,18 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
     source_dir = find_model(source)[0]
     card = dict(metadata.get("model_card") or {})
     training = dict(card.get("training") or {})
-    log_lines = None
     # The source's measured accuracy holds only for the same networks and estimators.
     stale = ("summary", "accuracy", "accuracy_summary") if (
-        sample_heads_cache is not None or evaluate_dataset) else ()
+        sample_heads_cache is not None or stack_heads_cache is not None
+        or evaluate_dataset) else ()
+    log_lines = []
+    if stack_heads_cache is not None:
+        record = _refit_composite_stack_heads(models, metadata, stack_heads_cache,
+                                              stack_head_epochs, seed)
+        record["how"] += (f"; refitted on the networks of {source} and the pooled cache "
+                          f"{stack_heads_cache}")
+        training = {key: {**info, "stack_heads": record} for key, info in training.items()}
+        log_lines += _stack_heads_markdown(record)
     if sample_heads_cache is None:
         sample_heads = export_sample_heads(source_dir, metadata)
     else:
@@ -249,7 +266,7 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
         record["how"] = (f"fit_backbone_sample_heads on the networks of {source} and the "
                          f"pooled cache {sample_heads_cache}")
         training = {key: {**info, "sample_heads": record} for key, info in training.items()}
-        log_lines = _sample_heads_markdown(record)
+        log_lines += _sample_heads_markdown(record)
     written = _export(models, output, version, kernel_dtype, metadata.get("pixel_size_nm"),
                       training, evaluate_dataset, card.get("status") == "placeholder",
                       overwrite, per_network, composite, litert,
@@ -397,6 +414,44 @@ def _fit_composite_sample_heads(models, metadata, pooled_cache, epochs, seed):
     model = backbone_from_networks(models, metadata.get("architecture", DEFAULT_ARCHITECTURE),
                                    int(metadata["image_size"]))
     return fit_backbone_sample_heads(model, pooled_cache, epochs=epochs, seed=seed)
+
+
+def _refit_composite_stack_heads(models, metadata, pooled_cache, epochs, seed) -> dict:
+    """Fits the ν-image heads of ``models`` again on their shared f and sets them in place;
+    returns the record ``training.json`` keeps of such a fit."""
+    import time
+
+    from hagg_tf.networks import DEFAULT_ARCHITECTURE
+    from hagg_tf.networks.architecture import get_head
+    from hagg_tf.training.multitask import (STACK_HEADS_HOW, backbone_from_networks,
+                                            fit_backbone_stack_heads)
+
+    _require_train_and_validation(pooled_cache)
+    started = time.perf_counter()
+    model = backbone_from_networks(models, metadata.get("architecture", DEFAULT_ARCHITECTURE),
+                                   int(metadata["image_size"]))
+    weights, report = fit_backbone_stack_heads(model, pooled_cache,
+                                               num_images=int(metadata["num_images"]),
+                                               epochs=epochs, seed=seed)
+    for name in MULTI_IMAGE_NETWORKS:
+        head = get_head(models[name])
+        head.set_weights([weights[f"{name}/{index}"]
+                          for index in range(len(head.get_weights()))])
+    # json_safe: a validation split without a ν-group gives an MAE of inf (recorded as None).
+    return json_safe({"validation_mae": report, "epochs": int(epochs),
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "how": STACK_HEADS_HOW})
+
+
+def _stack_heads_markdown(record: dict) -> list[str]:
+    from hagg_tf.training.group_heads import VALIDATION_DRAWS
+
+    return [f"- ν-image heads of CNN^0 and CNN^1 fitted again: {record.get('epochs')} epochs "
+            f"each, {record.get('seconds')} s; validation MAE (the mean over the ν rotations of "
+            f"every stack, {VALIDATION_DRAWS} draws of groups) "
+            + ", ".join(f"{name} " + ("n/a" if value is None else f"{value:.3f}")
+                        for name, value in (record.get("validation_mae") or {}).items())
+            + (f"; {record['how']}" if record.get("how") else "")]
 
 
 def _sample_heads_markdown(record: dict) -> list[str]:

@@ -67,8 +67,14 @@ BACKBONE_F = "shared_f"
 CALIBRATED_MODEL = "calibrated.keras"
 #: Training batches averaged by the batch-norm re-estimation.
 CALIBRATION_BATCHES = 64
+#: Feature extractor of the shared backbone unless a run names another
+#: (:data:`hagg_tf.networks.ARCHITECTURES`): the one the shipped networks use.
+DEFAULT_BACKBONE_ARCHITECTURE = "fine"
 #: File of the ν-image heads' weights in a run directory.
 STACK_HEADS = "stack_heads.npz"
+#: How the ν-image heads are fitted, as ``training.json`` and the model card record it.
+STACK_HEADS_HOW = ("fit_group_head on the frozen shared f, the kept epoch chosen on the mean "
+                   "over the ν rotations of every validation stack")
 #: File of the sample heads' weights in a run directory (:mod:`hagg_tf.data.sample_heads`).
 SAMPLE_HEADS = SAMPLE_HEADS_FILE
 
@@ -104,7 +110,7 @@ class BackboneConfig:
 
     pooled_cache: str
     output: str
-    architecture: str = "fine"
+    architecture: str = DEFAULT_BACKBONE_ARCHITECTURE
     image_size: int = 512
     epochs: int = 12
     batch_size: int = 32
@@ -567,12 +573,48 @@ def _record_summary(output: pathlib.Path, key: str, record: dict) -> None:
     write_json_atomic(summary_path, json_safe(summary))
 
 
+def fit_backbone_stack_heads(model, pooled_cache, *, num_images: int = DEFAULT_NUM_IMAGES,
+                             epochs: int = 60, seed: int = 0, split_features=None
+                             ) -> tuple[dict, dict]:
+    """Fits the ν-image heads of CNN^0 and CNN^1 on a backbone's frozen f.
+
+    Uses :func:`hagg_tf.training.group_heads.fit_group_head` on f(I) of the train and
+    validation splits of ``pooled_cache``.
+
+    Args:
+        model: multi-task model (:func:`build_backbone_model`, inference mode is used).
+        pooled_cache: pooled cache of the database the backbone was trained on.
+        num_images: ν of the heads.
+        epochs: epochs of each head.
+        seed: initialisation and group draws.
+        split_features: ``_split_features(model, pooled_cache)``, when already computed.
+
+    Returns:
+        ``(weights, report)``: ``{f"{network}/{index}": array}`` (the heads' weights in
+        ``get_head(network).get_weights()`` order, as ``stack_heads.npz`` stores them) and
+        ``{network name: validation MAE of the kept epoch}``.
+    """
+    import_tensorflow_quietly()
+
+    from hagg_tf.training.group_heads import fit_group_head
+
+    splits, features, _ = split_features or _split_features(model, pooled_cache)
+    weights, report = {}, {}
+    for name in MULTI_IMAGE_NETWORKS:
+        head, mae = fit_group_head(name, num_images, features["train"], splits["train"].labels,
+                                   features["validation"], splits["validation"].labels,
+                                   epochs=epochs, seed=seed)
+        weights.update({f"{name}/{index}": value
+                        for index, value in enumerate(head.get_weights())})
+        report[name] = mae
+    return weights, report
+
+
 def train_stack_heads(config: BackboneConfig, split_features=None) -> dict:
     """Trains the ν-image heads of CNN^0 and CNN^1 on the frozen shared f (module docstring).
 
-    Uses :func:`hagg_tf.training.group_heads.fit_group_head` on f(I) of the train and
-    validation splits; writes ``<output>/stack_heads.npz`` (the heads' weights, atomically) and
-    records the validation MAEs in ``training.json``.
+    Uses :func:`fit_backbone_stack_heads`; writes ``<output>/stack_heads.npz`` (the heads'
+    weights, atomically) and records the validation MAEs in ``training.json``.
 
     Args:
         config: the finished run.
@@ -581,28 +623,17 @@ def train_stack_heads(config: BackboneConfig, split_features=None) -> dict:
     Returns:
         ``{network name: validation MAE of the kept epoch}``.
     """
-    import_tensorflow_quietly()
-
-    from hagg_tf.training.group_heads import fit_group_head
-
     output = pathlib.Path(config.output)
-    splits, features, _ = split_features or _split_features(load_backbone(output),
-                                                            config.pooled_cache)
-    weights, report = {}, {}
-    for name in MULTI_IMAGE_NETWORKS:
-        head, mae = fit_group_head(name, config.num_images, features["train"],
-                                   splits["train"].labels, features["validation"],
-                                   splits["validation"].labels, epochs=config.stack_epochs,
-                                   seed=config.seed)
-        weights.update({f"{name}/{index}": value
-                        for index, value in enumerate(head.get_weights())})
-        report[name] = mae
+    weights, report = fit_backbone_stack_heads(
+        None if split_features else load_backbone(output), config.pooled_cache,
+        num_images=config.num_images, epochs=config.stack_epochs, seed=config.seed,
+        split_features=split_features)
     partial = output / f".{STACK_HEADS}.partial.npz"
     np.savez(partial, **weights)
     os.replace(partial, output / STACK_HEADS)
     _record_summary(output, "stack_heads", {"validation_mae": report,
                                             "epochs": config.stack_epochs,
-                                            "how": "fit_group_head on the frozen shared f"})
+                                            "how": STACK_HEADS_HOW})
     return report
 
 
@@ -667,7 +698,8 @@ def load_sample_heads(output: Union[str, os.PathLike]) -> Optional[SampleHeads]:
 
 
 def networks_from_backbone(output: Union[str, os.PathLike], image_size: int = 512,
-                           num_images: int = DEFAULT_NUM_IMAGES, architecture: str = "fine"):
+                           num_images: int = DEFAULT_NUM_IMAGES,
+                           architecture: str = DEFAULT_BACKBONE_ARCHITECTURE):
     """The five Keras networks (:func:`hagg_tf.networks.build_network`) of a finished run.
 
     Every network gets a copy of the shared f; the single-image networks the backbone's
