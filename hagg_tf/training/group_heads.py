@@ -4,9 +4,9 @@ f runs once per image; the head (dense 44 + ReLU, dense 1 + the network's output
 Table 3 layers 18–19) then sees the concatenated features of disjoint groups of ν images of one
 θ, redrawn every epoch, and the epoch with the best validation MAE is kept. That MAE is the
 estimator's own (:mod:`hagg_tf.estimation.estimators`): the head averaged over the ν rotations
-of each validation group's stack, over :data:`VALIDATION_DRAWS` draws of disjoint groups. The
-order of one draw alone chooses an epoch that fits that order (on the shipped networks' θ_1 the
-recorded 0.845 was 0.937 over 5 other orders of the same groups). The shared backbone
+of each validation group's stack, over :data:`VALIDATION_DRAWS` draws of disjoint groups: the
+order of one draw alone would choose the epoch that fits that order, and its MAE would flatter
+the head (docs/learning.md, "The shared backbone"). The shared backbone
 (:mod:`hagg_tf.training.multitask`) trains its multi-image heads this way, and the evaluation
 (:mod:`hagg_tf.evaluation.predict`) fits heads for the group sizes ν a network was not trained
 for.
