@@ -9,13 +9,14 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from hagg_tf import networks  # noqa: E402
+from hagg_tf.data.pooled import SQUARE_SYMMETRIES, square_symmetry  # noqa: E402
 from hagg_tf.estimation import CharacterizeModel, ThetaEstimate, estimate_with_networks  # noqa
 from hagg_tf.estimation.model import METADATA_FILENAME as ESTIMATION_METADATA  # noqa: E402
 from hagg_tf.export import METADATA_FILENAME  # noqa: E402
 from hagg_tf.estimation.model import resolve_version_dir  # noqa: E402
 from hagg_tf.estimation.model import (CLUSTER_HEAD_OUTPUTS, CLUSTER_HEADS_SIGNATURE,  # noqa
                                       PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, TIO2_FEATURES,
-                                      WO3_FEATURES)
+                                      WO3_FEATURES, averaged_symmetries)
 from hagg_tf.export.characterize import (INVERTED_IMAGES_INPUT, NETWORK_ORDER,  # noqa: E402
                                          OUTPUT_SHAPES, PREPROCESSED_ENDPOINT,
                                          CharacterizeModule, _network_settings,
@@ -348,3 +349,54 @@ def test_the_same_images_rotated_give_the_same_cluster_sizes(exported):
     np.testing.assert_allclose(rotated.theta_raw, given.theta_raw, rtol=1e-5, atol=1e-5)
     # Each rotation alone gives its own answer (the test would be blind otherwise).
     assert np.ptp(given.tio2_cluster_size_per_subset) > 1e-4
+
+
+def _per_image_outputs(model, counts, electrons):
+    """``serving_per_image`` of one sample: {output: (n, …) array}."""
+    outputs = model.saved_model.signatures[PER_IMAGE_SIGNATURE](
+        images=tf.constant(counts[np.newaxis], tf.float32),
+        electrons_per_pixel=tf.constant(electrons[np.newaxis]))
+    return {key: value.numpy()[0] for key, value in outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def symmetric(tmp_path_factory, exported):
+    base = tmp_path_factory.mktemp("symmetric")
+    export_characterize_model(exported[0], base, version=1, kernel_dtype="float32",
+                              test_time_symmetries=SQUARE_SYMMETRIES)
+    return CharacterizeModel(base)
+
+
+def test_symmetry_averaging_is_the_mean_of_the_eight_passes(exported, symmetric):
+    _, _, single_pass = exported
+    counts = synthetic_counts(np.random.default_rng(4), (NU,), SMALL).astype(np.float32)
+    electrons = np.full(NU, ELECTRONS_PER_PIXEL, np.float32)
+    averaged = _per_image_outputs(symmetric, counts, electrons)
+    passes = [_per_image_outputs(single_pass, np.ascontiguousarray(square_symmetry(counts, k)),
+                                 electrons) for k in range(SQUARE_SYMMETRIES)]
+    for key in PER_IMAGE_OUTPUTS:
+        np.testing.assert_allclose(averaged[key], np.mean([p[key] for p in passes], axis=0),
+                                   rtol=1e-5, atol=1e-5, err_msg=key)
+    # Averaged over the group, a rotated or reflected image gives the same outputs; one pass
+    # does not (the test would be blind otherwise).
+    for element in (1, 6):
+        turned = _per_image_outputs(
+            symmetric, np.ascontiguousarray(square_symmetry(counts, element)), electrons)
+        for key in PER_IMAGE_OUTPUTS:
+            np.testing.assert_allclose(turned[key], averaged[key], rtol=1e-5, atol=1e-5,
+                                       err_msg=key)
+    assert np.abs(passes[1]["fractal_dimension_per_image"]
+                  - passes[0]["fractal_dimension_per_image"]).max() > 1e-4
+    # θ̂ of serving_default is built on the averaged per-image outputs.
+    served = ThetaEstimate.from_outputs(symmetric.outputs(counts, electrons))
+    np.testing.assert_allclose(served.fractal_dimension_per_image,
+                               averaged["fractal_dimension_per_image"], rtol=1e-5, atol=1e-5)
+    assert averaged_symmetries(symmetric.metadata) == SQUARE_SYMMETRIES
+    assert averaged_symmetries(single_pass.metadata) == 1
+
+
+def test_symmetry_averaging_takes_the_whole_group_or_nothing(exported, tmp_path):
+    with pytest.raises(ValueError, match="test_time_symmetries must be 1 or 8"):
+        export_characterize_model(exported[0], tmp_path, kernel_dtype="float32",
+                                  test_time_symmetries=4)
+    assert not (tmp_path / "characterize" / "1").exists()

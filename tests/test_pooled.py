@@ -10,14 +10,16 @@ tf = pytest.importorskip("tensorflow")
 from hagg_tf import networks  # noqa: E402
 from hagg_tf.data import DatasetError  # noqa: E402
 from hagg_tf.data.manifest import load_manifest, shard_paths  # noqa: E402
-from hagg_tf.data.pooled import (build_pooled_cache, iter_pooled_shards,  # noqa: E402
-                                 load_pooled_split, sums_to_inputs)
+from hagg_tf.data.pooled import (SQUARE_SYMMETRIES, build_pooled_cache,  # noqa: E402
+                                 iter_pooled_shards, load_pooled_split, square_symmetry,
+                                 sums_to_inputs)
 from hagg_tf.data.records import read_samples  # noqa: E402
 from hagg_tf.estimation.estimators import cyclic_subsets  # noqa: E402
 from hagg_tf.evaluation.predict import predict_split  # noqa: E402
 from hagg_tf.training import SUMMARY, read_history  # noqa: E402
 from hagg_tf.training.pooled import (epoch_plan, make_batches, pooled_twin,  # noqa: E402
-                                     recalibrate_batch_norm, train_pooled_network)
+                                     random_symmetry, recalibrate_batch_norm,
+                                     train_pooled_network)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
@@ -314,3 +316,60 @@ def test_pooled_features_of_the_space_to_depth_stem_are_the_networks():
     np.testing.assert_allclose(np.asarray(features_of(pooled.astype(np.float32))),
                                np.asarray(networks.get_feature_extractor(model)(full)),
                                atol=1e-5)
+
+
+def test_square_symmetry_gives_the_eight_elements_of_the_group():
+    image = np.arange(9.0).reshape(1, 3, 3)
+    expected = [np.rot90(image[0], k) for k in range(4)]
+    expected += [np.rot90(image[0], k)[:, ::-1] for k in range(4)]
+    got = [square_symmetry(image, k)[0] for k in range(SQUARE_SYMMETRIES)]
+    for want, have in zip(expected, got):
+        np.testing.assert_array_equal(have, want)
+    assert len({have.tobytes() for have in got}) == SQUARE_SYMMETRIES
+    with pytest.raises(ValueError, match="index must be in"):
+        square_symmetry(image, SQUARE_SYMMETRIES)
+
+
+def test_random_symmetry_draws_turns_then_reflections():
+    # The draws of the shipped networks' recipes: one turn per image, then one reflection.
+    images = np.random.default_rng(0).normal(size=(6, 4, 4, 1))
+    draws = np.random.default_rng(5)
+    turns, flips = draws.integers(0, 4, size=6), draws.integers(0, 2, size=6)
+    expected = [np.rot90(image, turns[k], axes=(0, 1)) for k, image in enumerate(images)]
+    expected = np.stack([image[:, ::-1] if flips[k] else image
+                         for k, image in enumerate(expected)])
+    np.testing.assert_array_equal(random_symmetry(images, np.random.default_rng(5)), expected)
+
+
+def test_evaluation_averages_the_symmetries_as_the_export_does(tmp_path):
+    from hagg_tf.data.pooled import pool_sums, preprocess_levels
+    from hagg_tf.estimation.model import CharacterizeModel, PER_IMAGE_SIGNATURE
+    from hagg_tf.evaluation.predict import _SplitRunner, load_networks
+    from hagg_tf.export.characterize import export_characterize_model
+
+    keras.utils.set_random_seed(4)
+    models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
+              for name in networks.NETWORK_SPECS}
+    version_dir = export_characterize_model(models, tmp_path, 1, kernel_dtype="float32",
+                                            test_time_symmetries=SQUARE_SYMMETRIES)
+    rebuilt, description = load_networks(version_dir)
+    assert description["test_time_symmetries"] == SQUARE_SYMMETRIES
+    runner = _SplitRunner(rebuilt, description["inverse_intensity_networks"],
+                          description["test_time_symmetries"], description["feature_source"])
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(rng.uniform(0, 40, (2, SIZE, SIZE))).astype(np.float32)
+    electrons = 100.0
+    part = {kind: np.stack([pool_sums(preprocess_levels(image, electrons, invert), POOLING)
+                            for image in counts])
+            for kind, invert in (("plain", False), ("inverted", True))}
+    evaluated = runner.run(part)
+    served = CharacterizeModel(version_dir).saved_model.signatures[PER_IMAGE_SIGNATURE](
+        images=tf.constant(counts[np.newaxis]),
+        electrons_per_pixel=tf.fill([1, 2], np.float32(electrons)))
+    np.testing.assert_allclose(evaluated["fractal_dimension_pred"],
+                               served["fractal_dimension_per_image"].numpy()[0], atol=1e-4)
+    np.testing.assert_allclose(evaluated["features/tio2_cluster_size"],
+                               served["tio2_cluster_size_features"].numpy()[0], atol=1e-4)
+    one_pass = _SplitRunner(rebuilt, description["inverse_intensity_networks"]).run(part)
+    assert np.abs(one_pass["fractal_dimension_pred"]
+                  - evaluated["fractal_dimension_pred"]).max() > 1e-5

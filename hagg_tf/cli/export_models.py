@@ -78,6 +78,11 @@ _STACK_HEADS_CACHE = flags.DEFINE_string(
     "(hagg_tf.training.group_heads); default: keep the source's.")
 _STACK_HEAD_EPOCHS = flags.DEFINE_integer("stack_head_epochs", 60, "Epochs of that fit.",
                                           lower_bound=1)
+_TEST_TIME_SYMMETRIES = flags.DEFINE_enum(
+    "test_time_symmetries", None, ["1", "8"],
+    "Passes of f per image in the composite: 8 averages every per-image output and feature "
+    "over the square's 8 symmetries (the training augmentation; 8 times the networks' time), "
+    "1 runs each image once. Default: the source's with --from_composite, else 1.")
 _PLACEHOLDER = flags.DEFINE_bool("placeholder", False,
                                  "Mark the networks as placeholders in the model card.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "last"], "Checkpoint of each run.")
@@ -137,6 +142,7 @@ def main(argv):
     elif litert and not _COMPOSITE.value:
         fail("--litert converts the composite: it cannot go with --nocomposite")
     check_output_dir(_OUTPUT.value)
+    symmetries = None if _TEST_TIME_SYMMETRIES.value is None else int(_TEST_TIME_SYMMETRIES.value)
     from hagg_tf.export.from_training import (export_from_backbone, export_from_composite,
                                               export_from_runs)
     from hagg_tf.tensorflow_import import import_tensorflow_quietly
@@ -151,13 +157,15 @@ def main(argv):
                 kernel_dtype=_KERNEL_DTYPE.value, evaluate_dataset=_EVALUATE.value,
                 placeholder=_PLACEHOLDER.value, overwrite=_OVERWRITE.value,
                 which=_WHICH.value, per_network=_PER_NETWORK.value,
-                composite=_COMPOSITE.value, litert=litert)
+                composite=_COMPOSITE.value, litert=litert,
+                test_time_symmetries=symmetries or 1)
         elif _BACKBONE.value is not None:
             written = export_from_backbone(
                 _BACKBONE.value, _OUTPUT.value, dataset=_DATASET.value, version=_VERSION.value,
                 kernel_dtype=_KERNEL_DTYPE.value, evaluate_dataset=_EVALUATE.value,
                 overwrite=_OVERWRITE.value, per_network=_PER_NETWORK.value,
-                composite=_COMPOSITE.value, litert=litert)
+                composite=_COMPOSITE.value, litert=litert,
+                test_time_symmetries=symmetries or 1)
         else:
             written = export_from_composite(
                 _FROM_COMPOSITE.value, _OUTPUT.value, version=_VERSION.value,
@@ -166,7 +174,7 @@ def main(argv):
                 evaluate_dataset=_EVALUATE.value, sample_heads_cache=_SAMPLE_HEADS_CACHE.value,
                 sample_head_epochs=_SAMPLE_HEAD_EPOCHS.value,
                 stack_heads_cache=_STACK_HEADS_CACHE.value,
-                stack_head_epochs=_STACK_HEAD_EPOCHS.value)
+                stack_head_epochs=_STACK_HEAD_EPOCHS.value, test_time_symmetries=symmetries)
     except (FileExistsError, FileNotFoundError, ValueError, LiteRTConversionError) as error:
         fail(str(error))
     for key, path in written.items():

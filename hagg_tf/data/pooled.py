@@ -92,6 +92,32 @@ def sums_to_inputs(sums: np.ndarray, pooling: int) -> np.ndarray:
     return sums.astype(np.float32) / np.float32((NUM_LEVELS - 1) * pooling * pooling) - 0.5
 
 
+#: Elements of the square's symmetry group (four 90° rotations, each with and without a
+#: reflection): the training augmentation of every pooled recipe, and the test-time averaging
+#: of an export that asks for it (``hagg_tf.export.characterize``).
+SQUARE_SYMMETRIES = 8
+
+
+def square_symmetry(images: np.ndarray, index: int) -> np.ndarray:
+    """Element ``index`` of the square's symmetry group applied to every image.
+
+    Rotations by 90° and the reflection commute with the average pooling of the networks'
+    inputs, so pooled and full-size images may be transformed alike.
+
+    Args:
+        images: (m, S, S, ...) images, the first two axes after the batch the image plane.
+        index: 0–3: rotation by ``index``·90° (``np.rot90`` over the image axes); 4–7: the
+            same rotation followed by the left–right reflection.
+
+    Returns:
+        (m, S, S, ...) transformed images (a view where numpy allows).
+    """
+    if not 0 <= index < SQUARE_SYMMETRIES:
+        raise ValueError(f"index must be in [0, {SQUARE_SYMMETRIES}), got {index}")
+    rotated = np.rot90(images, index % 4, axes=(1, 2))
+    return rotated[:, :, ::-1] if index >= 4 else rotated
+
+
 def pool_samples(samples, pooling: int) -> dict:
     """Pooled plain and inverse-intensity window sums and labels of database samples.
 

@@ -49,6 +49,17 @@ LITERT_RECORD_FORMAT = "hagg_tf litert conversion"
 RUNTIMES = ("auto", "litert", "savedmodel")
 
 
+#: Metadata key of a composite export's test-time symmetry averaging: the per-image outputs and
+#: features are means over this many elements of the square's symmetry group
+#: (:func:`hagg_tf.data.pooled.square_symmetry`); absent in exports written before it (1).
+TEST_TIME_SYMMETRIES_KEY = "test_time_symmetries"
+
+
+def averaged_symmetries(metadata: Optional[dict]) -> int:
+    """Symmetries a composite export averages its per-image passes over (1: none)."""
+    return int((metadata or {}).get(TEST_TIME_SYMMETRIES_KEY) or 1)
+
+
 def resolve_version_dir(path: Union[str, os.PathLike]) -> pathlib.Path:
     """The version directory of a composite export, given it or a directory above it.
 

@@ -25,9 +25,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from hagg_tf.data.pooled import (LABEL_KEYS, cache_pooling, caches_split, iter_pooled_parts,
-                                 iter_pooled_shards, sums_to_inputs)
+                                 iter_pooled_shards, square_symmetry, sums_to_inputs)
 from hagg_tf.data.design import disjoint_groups
 from hagg_tf.data.network_specs import inverse_intensity_networks
+from hagg_tf.estimation.model import TEST_TIME_SYMMETRIES_KEY, averaged_symmetries
 from hagg_tf.evaluation.predictions import SAMPLE_HEADS_PREFIX, Predictions
 from hagg_tf.training.group_heads import (fit_group_head, mean_over_rotations,
                                          predict_in_chunks, rotated_stacks)
@@ -76,41 +77,68 @@ def load_networks(model=None) -> tuple[dict, dict]:
     return models, {"source": str(model or "shipped default"), "kind": COMPOSITE_KIND,
                     "architecture": metadata.get("architecture", "table3"),
                     "inverse_intensity_networks": sorted(inverse_intensity_networks(metadata)),
+                    TEST_TIME_SYMMETRIES_KEY: averaged_symmetries(metadata),
+                    "feature_source": dict(metadata.get("feature_source") or {}),
                     "model_card_status": (metadata.get("model_card") or {}).get("status")}
 
 
 class _SplitRunner:
-    """f and the single-image heads of the five networks on pooled images."""
+    """f and the single-image heads of the five networks on pooled images.
 
-    def __init__(self, models: dict, inverse_networks=None):
+    f runs once per image for every group of networks that share it (``feature_source``, an
+    export's record of its bit-identical copies of f: one pass for all five networks of a
+    shared backbone); the heads then run on its features.
+
+    With ``symmetries`` = 8 (an export with test-time symmetry averaging,
+    :data:`~hagg_tf.estimation.model.TEST_TIME_SYMMETRIES_KEY`) every output is the mean over
+    the square's 8 symmetries of the pooled images, as the export's graph computes it: the
+    single-image heads' outputs and the features of CNN^0 / CNN^1 are averaged.
+    """
+
+    def __init__(self, models: dict, inverse_networks=None, symmetries: int = 1,
+                 feature_source: Optional[dict] = None):
         import keras
 
         from hagg_tf.networks import input_pooling_layer
-        from hagg_tf.training.pooled import pooled_feature_extractor, pooled_twin
+        from hagg_tf.training.pooled import pooled_feature_extractor
 
         self.models = models
         poolings = {int(input_pooling_layer(model).pool_size[0]) for model in models.values()}
         if len(poolings) != 1:
             raise ValueError(f"the networks pool their inputs differently: {sorted(poolings)}")
         self.pooling = poolings.pop()
-        self.single = {name: pooled_twin(models[name], keras) for name in SINGLE_IMAGE_OUTPUTS}
-        self.features = {name: pooled_feature_extractor(models[name], keras)
-                         for name in MULTI_IMAGE_NETWORKS}
+        self.symmetries = int(symmetries)
         inverse_networks = (inverse_intensity_networks() if inverse_networks is None
                             else frozenset(inverse_networks))
-        self.inverted = {name: name in inverse_networks for name in MULTI_IMAGE_NETWORKS}
+        names = (*SINGLE_IMAGE_OUTPUTS, *MULTI_IMAGE_NETWORKS)
+        self.inverted = {name: name in inverse_networks for name in names}
+        self.source = {name: (feature_source or {}).get(name, name) for name in names}
+        self.extractors = {source: pooled_feature_extractor(models[source], keras)
+                           for source in sorted(set(self.source.values()))}
+
+    def _features(self, sources, inputs: dict, index: int) -> dict:
+        return {source: _predict(self.extractors[source], np.ascontiguousarray(
+            square_symmetry(inputs[self.inverted[source]], index))) for source in sources}
 
     def run(self, part: dict, features_only: bool = False) -> dict:
-        plain = sums_to_inputs(part["plain"], self.pooling)[..., np.newaxis]
-        inverted = sums_to_inputs(part["inverted"], self.pooling)[..., np.newaxis]
-        out = {}
-        for name, key in SINGLE_IMAGE_OUTPUTS.items():
-            if not features_only:
-                out[key] = _predict(self.single[name], plain)[:, 0]
-        for name in MULTI_IMAGE_NETWORKS:
-            images = inverted if self.inverted[name] else plain
-            out[f"features/{name}"] = _predict(self.features[name], images)
-        return out
+        from hagg_tf.training.pooled import apply_trained_head
+
+        inputs = {False: sums_to_inputs(part["plain"], self.pooling)[..., np.newaxis],
+                  True: sums_to_inputs(part["inverted"], self.pooling)[..., np.newaxis]}
+        single = {} if features_only else SINGLE_IMAGE_OUTPUTS
+        sources = {self.source[name] for name in (*single, *MULTI_IMAGE_NETWORKS)}
+        totals = {}
+        for index in range(self.symmetries):
+            features = self._features(sources, inputs, index)
+            values = {key: np.asarray(apply_trained_head(self.models[name],
+                                                         features[self.source[name]]))[:, 0]
+                      for name, key in single.items()}
+            values.update({f"features/{name}": features[self.source[name]]
+                           for name in MULTI_IMAGE_NETWORKS})
+            for key, value in values.items():
+                totals[key] = value if key not in totals else totals[key] + value
+        return {key: value / self.symmetries if self.symmetries > 1 else value
+                for key, value in totals.items()}
 
 
 def _predict(model, inputs: np.ndarray) -> np.ndarray:
@@ -179,7 +207,9 @@ def predict_split(dataset_dir: Union[str, os.PathLike], split: str = "evaluation
 
     import_tensorflow_quietly()
     models, description = load_networks(model)
-    runner = _SplitRunner(models, description.get("inverse_intensity_networks"))
+    runner = _SplitRunner(models, description.get("inverse_intensity_networks"),
+                          description.get(TEST_TIME_SYMMETRIES_KEY, 1),
+                          description.get("feature_source"))
     trained_nu = int(models["wo3_cluster_size"].input_shape[1])
     outputs, labels = _run_split(runner, dataset_dir, split, cache_dir, progress)
     arrays = {

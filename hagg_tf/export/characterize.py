@@ -81,14 +81,16 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from hagg_tf.data.pooled import SQUARE_SYMMETRIES
 from hagg_tf.data.network_specs import (INVERSE_INPUT_KEY, MULTI_IMAGE_NETWORKS,
                                         SINGLE_IMAGE_NETWORKS, takes_inverse_intensities)
 from hagg_tf.data.sample_heads import (SAMPLE_HEAD_TARGETS, SAMPLE_HEADS_FILE, SUMMARY_FEATURES,
                                        SampleHeads, apply_sample_heads_tf)
 from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, CLUSTER_HEAD_OUTPUTS,
                                       CLUSTER_HEADS_SIGNATURE, METADATA_FORMAT,
-                                      PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE, TIO2_FEATURES,
-                                      WO3_FEATURES, resolve_version_dir)
+                                      PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE,
+                                      TEST_TIME_SYMMETRIES_KEY, TIO2_FEATURES, WO3_FEATURES,
+                                      resolve_version_dir)
 from hagg_tf.export.saved_model import DOSE_INPUT, IMAGES_INPUT, METADATA_FILENAME, UINT16_ENDPOINT
 from hagg_tf.model.io import write_json_atomic
 from hagg_tf.networks.architecture import (CLASSIFIER_THRESHOLD, DEFAULT_ARCHITECTURE,
@@ -354,6 +356,10 @@ class CharacterizeModule(tf.Module):
         classifier_threshold: CNN^ρ_class output above which ρ̂(I) is rounded.
         sample_heads: θ̂_Df and θ̂_ρ from the sample heads (:mod:`hagg_tf.data.sample_heads`);
             None: the means of Eqs. 13–14.
+        test_time_symmetries: 1, or :data:`~hagg_tf.data.pooled.SQUARE_SYMMETRIES`: f runs on
+            every image under each of the square's 8 symmetries (the training augmentation),
+            and each per-image output is the mean of its head over the 8 passes, each feature
+            vector of CNN^0 / CNN^1 the mean of the 8 (:meth:`_symmetric_passes`).
     """
 
     def __init__(self, weights: Mapping[str, Mapping[str, np.ndarray]],
@@ -361,8 +367,13 @@ class CharacterizeModule(tf.Module):
                  kernel_dtype: str = "float16", num_levels: int = NUM_LEVELS,
                  inversion_threshold: float = INVERSION_THRESHOLD,
                  classifier_threshold: float = CLASSIFIER_THRESHOLD,
-                 sample_heads: Optional[SampleHeads] = None):
+                 sample_heads: Optional[SampleHeads] = None,
+                 test_time_symmetries: int = 1):
         super().__init__(name=CHARACTERIZE_MODEL_NAME)
+        if test_time_symmetries not in (1, SQUARE_SYMMETRIES):
+            raise ValueError(f"test_time_symmetries must be 1 or {SQUARE_SYMMETRIES}, got "
+                             f"{test_time_symmetries!r}")
+        self.test_time_symmetries = int(test_time_symmetries)
         missing = [name for name in NETWORK_ORDER if name not in weights]
         if missing:
             raise ValueError(f"weights of {missing} missing; the composite needs all of "
@@ -444,6 +455,27 @@ class CharacterizeModule(tf.Module):
         return {CLUSTER_NETWORK_RAW[name]: self._cluster_head(name, features[name])
                 for name in CLUSTER_NETWORK_FEATURES}
 
+    def _symmetric_passes(self, images: tf.Tensor) -> tf.Tensor:
+        """(m, H, W, 1) images → (s·m, H, W, 1): the s = :attr:`test_time_symmetries` elements
+        of the square's symmetry group, element-major (as
+        :func:`hagg_tf.data.pooled.square_symmetry`; the mean over all of them does not depend
+        on their order)."""
+        if self.test_time_symmetries == 1:
+            return images
+        passes = []
+        for index in range(self.test_time_symmetries):
+            rotated = tf.image.rot90(images, index % 4)
+            passes.append(tf.reverse(rotated, axis=[2]) if index >= 4 else rotated)
+        return tf.concat(passes, axis=0)
+
+    def _mean_over_passes(self, values: tf.Tensor) -> tf.Tensor:
+        """(s·m, ...) element-major → (m, ...), the mean over the s symmetric passes."""
+        if self.test_time_symmetries == 1:
+            return values
+        shape = tf.shape(values)
+        passes = tf.reshape(values, tf.concat([[self.test_time_symmetries, -1], shape[1:]], 0))
+        return tf.reduce_mean(passes, axis=0)
+
     def _per_image(self, plain: tf.Tensor, inverted: tf.Tensor) -> dict[str, tf.Tensor]:
         """(b, n, H, W) preprocessed images → the outputs of :data:`PER_IMAGE_SIGNATURE`."""
         shape = tf.shape(plain)
@@ -453,17 +485,19 @@ class CharacterizeModule(tf.Module):
         computed = {}
 
         def features_of(name):
+            """(s·m, F): f of every symmetric pass of every image."""
             source = self.networks[self.feature_source[name]]
             if source.name not in computed:
-                computed[source.name] = source.features(images[source.inverse_input])
+                computed[source.name] = source.features(
+                    self._symmetric_passes(images[source.inverse_input]))
             return computed[source.name]
 
         outputs = {}
         for name, key in PER_IMAGE_NETWORK_OUTPUTS.items():
-            values = self.networks[name].head(features_of(name))
+            values = self._mean_over_passes(self.networks[name].head(features_of(name)))
             outputs[key] = tf.reshape(values, [batch, available])
         for name, key in CLUSTER_NETWORK_FEATURES.items():
-            outputs[key] = tf.reshape(features_of(name),
+            outputs[key] = tf.reshape(self._mean_over_passes(features_of(name)),
                                       [batch, available, self.networks[name].feature_dim])
         return {key: outputs[key] for key in PER_IMAGE_OUTPUTS}
 
@@ -582,6 +616,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                               model_card: Optional[dict] = None,
                               inverse_intensity_networks: Optional[Sequence[str]] = None,
                               sample_heads: Optional[SampleHeads] = None,
+                              test_time_symmetries: int = 1,
                               overwrite: bool = False) -> pathlib.Path:
     """Writes the composite SavedModel of the five networks.
 
@@ -600,6 +635,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
             the paper's choice (CNN^1). Recorded per network (``INVERSE_INPUT_KEY``).
         sample_heads: θ̂_Df and θ̂_ρ from these sample heads (:mod:`hagg_tf.data.sample_heads`),
             written beside the metadata as ``sample_heads.npz``; None: the means of Eqs. 13–14.
+        test_time_symmetries: see :class:`CharacterizeModule`; recorded in the metadata
+            (:data:`~hagg_tf.estimation.model.TEST_TIME_SYMMETRIES_KEY`).
         overwrite: replace an existing version directory.
 
     Returns:
@@ -628,7 +665,8 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
     settings = {name: _network_settings(models[name], name in inverse_intensity_networks)
                 for name in NETWORK_ORDER}
     module = CharacterizeModule(weights, settings, image_size, num_images, kernel_dtype,
-                                sample_heads=sample_heads)
+                                sample_heads=sample_heads,
+                                test_time_symmetries=test_time_symmetries)
     signatures = module.signatures()
     options = tf.saved_model.SaveOptions(
         experimental_sharding_callback=_WholeVariableShards(MAX_SHARD_BYTES))
@@ -687,6 +725,7 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
                               name for name in NETWORK_ORDER
                               if module.networks[name].inverse_input]},
         "estimators": estimators,
+        TEST_TIME_SYMMETRIES_KEY: module.test_time_symmetries,
         # The network whose pass of f each network uses (itself when it has its own f).
         "feature_source": dict(module.feature_source),
         "networks": {name: {"parameters": int(sum(np.prod(value.shape)

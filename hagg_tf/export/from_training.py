@@ -105,13 +105,16 @@ def training_log_markdown(runs) -> str:
 def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "float16",
                      evaluate_dataset=None, placeholder: bool = False, overwrite: bool = False,
                      which: str = "best", per_network: bool = False,
-                     composite: bool = True, litert: bool = False) -> dict:
+                     composite: bool = True, litert: bool = False,
+                     test_time_symmetries: int = 1) -> dict:
     """Exports the five networks of ``runs/<network>/`` (see the module docstring).
 
     Args:
         litert: also write the composite's LiteRT conversion beside it
             (:func:`hagg_tf.export.litert.write_litert_model`, checked against the SavedModel;
             needs ``ai-edge-litert``), which ``hagg-characterize`` runs without TensorFlow.
+        test_time_symmetries: 1, or 8: the composite averages every per-image pass over the
+            square's 8 symmetries (:class:`~hagg_tf.export.characterize.CharacterizeModule`).
 
     Returns:
         ``{"composite": version dir, "litert": .tflite path (with ``litert``), "<network>":
@@ -123,7 +126,8 @@ def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "flo
     models = {name: load_trained_network(runs / name, which) for name in NETWORK_NAMES}
     training, pixel_size = _training_card(runs)
     written = _export(models, output, version, kernel_dtype, pixel_size, training,
-                      evaluate_dataset, placeholder, overwrite, per_network, composite, litert)
+                      evaluate_dataset, placeholder, overwrite, per_network, composite, litert,
+                      test_time_symmetries=test_time_symmetries)
     if composite:
         (written["composite"] / TRAINING_LOG).write_text(training_log_markdown(runs))
     return written
@@ -131,7 +135,8 @@ def export_from_runs(runs, output, *, version: int = 1, kernel_dtype: str = "flo
 
 def _export(models, output, version, kernel_dtype, pixel_size, training, evaluate_dataset,
             placeholder, overwrite, per_network, composite, litert=False,
-            inverse_intensity_networks=None, card_extra=None, sample_heads=None) -> dict:
+            inverse_intensity_networks=None, card_extra=None, sample_heads=None,
+            test_time_symmetries=1) -> dict:
     from hagg_tf.estimation.model import CharacterizeModel, METADATA_FILENAME
     from hagg_tf.export import export_network
     from hagg_tf.export.characterize import export_characterize_model
@@ -159,6 +164,7 @@ def _export(models, output, version, kernel_dtype, pixel_size, training, evaluat
                                                 inverse_intensity_networks=(
                                                     inverse_intensity_networks),
                                                 sample_heads=sample_heads,
+                                                test_time_symmetries=test_time_symmetries,
                                                 overwrite=overwrite)
         written["composite"] = version_dir
         if evaluate_dataset:
@@ -212,7 +218,8 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
                           kernel_dtype: str = "float16", litert: bool = False,
                           evaluate_dataset=None, sample_heads_cache=None,
                           sample_head_epochs: int = 120, stack_heads_cache=None,
-                          stack_head_epochs: int = 60, seed: int = 0) -> dict:
+                          stack_head_epochs: int = 60, seed: int = 0,
+                          test_time_symmetries: Optional[int] = None) -> dict:
     """Rebuilds the Keras networks from a composite export and exports them again.
 
     Args:
@@ -232,6 +239,7 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
             recorded likewise.
         stack_head_epochs: of that fit.
         seed: of both fits.
+        test_time_symmetries: as for :func:`export_from_runs`; None: the source's.
 
     Returns:
         As :func:`export_from_runs`.
@@ -241,15 +249,18 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
             the networks do not share one f.
     """
     from hagg_tf.estimation.model import export_sample_heads, find_model
+    from hagg_tf.estimation.model import averaged_symmetries
 
     models, metadata = networks_from_composite(source)
     source_dir = find_model(source)[0]
     card = dict(metadata.get("model_card") or {})
     training = dict(card.get("training") or {})
     # The source's measured accuracy holds only for the same networks and estimators.
+    if test_time_symmetries is None:
+        test_time_symmetries = averaged_symmetries(metadata)
     stale = ("summary", "accuracy", "accuracy_summary") if (
         sample_heads_cache is not None or stack_heads_cache is not None
-        or evaluate_dataset) else ()
+        or test_time_symmetries != averaged_symmetries(metadata) or evaluate_dataset) else ()
     log_lines = []
     if stack_heads_cache is not None:
         record = _refit_composite_stack_heads(models, metadata, stack_heads_cache,
@@ -273,7 +284,7 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
                       sorted(inverse_intensity_networks(metadata)),
                       {key: value for key, value in card.items()
                        if key not in ("status", "training") + stale},
-                      sample_heads=sample_heads)
+                      sample_heads=sample_heads, test_time_symmetries=test_time_symmetries)
     if composite and (source_dir / TRAINING_LOG).is_file():
         text = (source_dir / TRAINING_LOG).read_text()
         if log_lines:
@@ -605,7 +616,8 @@ def backbone_training_record(run, dataset=None) -> dict:
 def export_from_backbone(run, output, *, dataset=None, version: int = 1,
                          kernel_dtype: str = "float32", evaluate_dataset=None,
                          overwrite: bool = False, per_network: bool = False,
-                         composite: bool = True, litert: bool = False) -> dict:
+                         composite: bool = True, litert: bool = False,
+                         test_time_symmetries: int = 1) -> dict:
     """Exports the five networks of a shared-backbone run as a composite characterize model.
 
     Every network holds a copy of the shared f; all five take the plain preprocessing (none
@@ -616,8 +628,8 @@ def export_from_backbone(run, output, *, dataset=None, version: int = 1,
             heads are trained (:func:`~hagg_tf.training.multitask.train_stack_heads`).
         output: export base (``<output>/characterize/<version>``).
         dataset: the database the run was trained on (pixel size and the model card).
-        version, kernel_dtype, evaluate_dataset, overwrite, per_network, composite, litert:
-            as for :func:`export_from_runs`.
+        version, kernel_dtype, evaluate_dataset, overwrite, per_network, composite, litert,
+            test_time_symmetries: as for :func:`export_from_runs`.
 
     Returns:
         As :func:`export_from_runs`.
@@ -635,7 +647,8 @@ def export_from_backbone(run, output, *, dataset=None, version: int = 1,
     training = backbone_training_record(run, dataset)
     written = _export(models, output, version, kernel_dtype, pixel_size, training,
                       evaluate_dataset, False, overwrite, per_network, composite, litert,
-                      inverse_intensity_networks=[], sample_heads=load_sample_heads(run))
+                      inverse_intensity_networks=[], sample_heads=load_sample_heads(run),
+                      test_time_symmetries=test_time_symmetries)
     if composite:
         (written["composite"] / TRAINING_LOG).write_text(backbone_training_log_markdown(run))
     return written

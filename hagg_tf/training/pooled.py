@@ -35,7 +35,7 @@ import numpy as np
 
 from hagg_tf.data.design import disjoint_groups
 from hagg_tf.data.network_specs import network_spec
-from hagg_tf.data.pooled import SETTINGS_FILE, PooledSplit, load_pooled_split
+from hagg_tf.data.pooled import SETTINGS_FILE, PooledSplit, load_pooled_split, square_symmetry
 from hagg_tf.training import trainer
 # hardware_description moved to the trainer; re-exported for existing callers.
 from hagg_tf.training.trainer import (SourceBatches, TrainingConfig, TrainingError,  # noqa: F401
@@ -152,12 +152,12 @@ def epoch_plan(split: PooledSplit, network: str, batch_size: int, seed: int, epo
 
 def random_symmetry(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random element of the square's symmetry group per image (uniform over all 8)."""
-    out = np.empty_like(images)
+    # Two draws (turns, then reflections), as the recipes of the shipped networks drew them.
     turns = rng.integers(0, 4, size=len(images))
     flips = rng.integers(0, 2, size=len(images))
+    out = np.empty_like(images)
     for k, image in enumerate(images):
-        image = np.rot90(image, turns[k], axes=(0, 1))
-        out[k] = image[:, ::-1] if flips[k] else image
+        out[k] = square_symmetry(image[np.newaxis], int(turns[k] + 4 * flips[k]))[0]
     return out
 
 
