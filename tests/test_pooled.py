@@ -373,3 +373,25 @@ def test_evaluation_averages_the_symmetries_as_the_export_does(tmp_path):
     one_pass = _SplitRunner(rebuilt, description["inverse_intensity_networks"]).run(part)
     assert np.abs(one_pass["fractal_dimension_pred"]
                   - evaluated["fractal_dimension_pred"]).max() > 1e-5
+
+
+def test_evaluation_runs_a_shared_f_once_with_the_same_numbers():
+    from hagg_tf.evaluation.predict import _SplitRunner
+
+    keras.utils.set_random_seed(6)
+    models = {name: networks.build_network(name, SIZE, num_images=3, architecture="compact")
+              for name in networks.NETWORK_SPECS}
+    shared = networks.get_feature_extractor(models["fractal_dimension"])
+    for model in models.values():  # five bit-identical copies of one f, as a shared backbone
+        networks.get_feature_extractor(model).set_weights(shared.get_weights())
+    rng = np.random.default_rng(3)
+    side = SIZE // POOLING
+    part = {kind: rng.integers(0, 255 * POOLING ** 2, (3, side, side)).astype(np.uint16)
+            for kind in ("plain", "inverted")}
+    separate = _SplitRunner(models, ())
+    once = _SplitRunner(models, (), feature_source={name: "fractal_dimension"
+                                                    for name in networks.NETWORK_SPECS})
+    assert len(once.extractors) == 1 and len(separate.extractors) == len(networks.NETWORK_SPECS)
+    expected, got = separate.run(part), once.run(part)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-6, err_msg=key)

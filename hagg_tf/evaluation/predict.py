@@ -137,8 +137,7 @@ class _SplitRunner:
                            for name in MULTI_IMAGE_NETWORKS})
             for key, value in values.items():
                 totals[key] = value if key not in totals else totals[key] + value
-        return {key: value / self.symmetries if self.symmetries > 1 else value
-                for key, value in totals.items()}
+        return {key: value / self.symmetries for key, value in totals.items()}
 
 
 def _predict(model, inputs: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ CNN^1) and one TensorFlow graph that runs, for ``n ≥ ν`` images of one sample
 
 1. the paper's preprocessing (:func:`hagg_tf.networks.preprocess_images`: scaling to [-0.5, 0.5]
    and 256 levels; for CNN^1 first p → 1/p for p > t = 0.001, Sec. 2.3.5);
-2. the feature extractor f of every network on all images at once: 5·n forward passes of f, the
-   whole cost of the estimate;
+2. the feature extractor f on all images at once, one pass per distinct f (``feature_source``;
+   one for the shared backbone's five copies), times 8 in an export with test-time symmetry
+   averaging (:class:`CharacterizeModule`): the whole cost of the estimate;
 3. the heads g and the estimators of Sec. 2.3 (see :mod:`hagg_tf.estimation.estimators`):
    θ̂_Df = mean_i CNN^Df(I_i) (Eq. 13); ρ̂(I) = η(CNN^ρ_reg(I)) if CNN^ρ_class(I) > 0.5 else
    CNN^ρ_reg(I), θ̂_ρ = mean_i ρ̂(I_i) (Eq. 14) — or, in an export with sample heads
