@@ -400,3 +400,30 @@ def test_symmetry_averaging_takes_the_whole_group_or_nothing(exported, tmp_path)
         export_characterize_model(exported[0], tmp_path, kernel_dtype="float32",
                                   test_time_symmetries=4)
     assert not (tmp_path / "characterize" / "1").exists()
+
+
+def test_a_rebuilt_composite_keeps_the_training_domain_of_its_source(exported, tmp_path):
+    # The domain describes the training images, which a rebuild does not change: dropping it
+    # left characterize warning that the user's images went unchecked.
+    from hagg_tf.estimation.domain import (TRAINING_DOMAIN_FILENAME, TRAINING_DOMAIN_FORMAT,
+                                           load_training_domain, write_training_domain)
+    from hagg_tf.export.from_training import export_from_composite
+
+    _, version_dir, _ = exported
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in version_dir.iterdir():
+        target = source / path.name
+        target.symlink_to(path, target_is_directory=path.is_dir())
+    domain = {"format": TRAINING_DOMAIN_FORMAT, "images": 7, "pixel_size_nm": 3.5,
+              "theta": {"fractal_dimension": {"min": 1.5, "max": 2.5}}}
+    write_training_domain(domain, source)
+    written = export_from_composite(source, tmp_path / "out", version=3, composite=True,
+                                    per_network=False, kernel_dtype="float32")["composite"]
+    kept = load_training_domain(written)
+    assert kept["_path"] == str(written / TRAINING_DOMAIN_FILENAME)
+    assert {key: value for key, value in kept.items() if key != "_path"} == domain
+    # A source without one gives an export without one.
+    bare = export_from_composite(version_dir, tmp_path / "bare", version=3, composite=True,
+                                 per_network=False, kernel_dtype="float32")["composite"]
+    assert load_training_domain(bare) is None

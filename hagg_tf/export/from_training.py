@@ -249,6 +249,7 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
             the networks do not share one f.
     """
     from hagg_tf.estimation.model import export_sample_heads, find_model
+    from hagg_tf.estimation.domain import load_training_domain, write_training_domain
     from hagg_tf.estimation.model import averaged_symmetries
 
     models, metadata = networks_from_composite(source)
@@ -290,6 +291,11 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
         if log_lines:
             text = text.rstrip("\n") + "\n\n" + "\n".join(log_lines) + "\n"
         (written["composite"] / TRAINING_LOG).write_text(text)
+    # The training domain describes the images the networks were trained on, which a rebuild
+    # does not change; without it characterize would warn that the images went unchecked.
+    domain = load_training_domain(source_dir)
+    if composite and domain is not None:
+        write_training_domain(domain, written["composite"])
     return written
 
 
