@@ -1,8 +1,8 @@
 """Benchmark of the estimate θ̂ from 12 images at 512×512 px, against its FLOP floor.
 
 The floor: every distinct feature extractor f of the export runs once per image (five in an
-export of separately trained networks; one in characterize/3, where the five networks share f),
-at :meth:`hagg_tf.networks.Architecture.flops` each (Table 3: 4.88 GFLOP at 512 px, the
+export of separately trained networks; one in characterize/3, where the five networks share f)
+and per symmetry of the square it averages over (1 or 8, ``--test_time_symmetries``), at :meth:`hagg_tf.networks.Architecture.flops` each (Table 3: 4.88 GFLOP at 512 px, the
 shared backbone's ``fine``: 0.30; g and the preprocessing are negligible). Divided by the
 machine's measured dense float32 matmul rate it gives the time no implementation can beat.
 

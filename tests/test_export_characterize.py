@@ -20,8 +20,9 @@ from hagg_tf.estimation.model import (CLUSTER_HEAD_OUTPUTS, CLUSTER_HEADS_SIGNAT
 from hagg_tf.export.characterize import (INVERTED_IMAGES_INPUT, NETWORK_ORDER,  # noqa: E402
                                          OUTPUT_SHAPES, PREPROCESSED_ENDPOINT,
                                          CharacterizeModule, _network_settings,
-                                         export_characterize_model, load_network_weights,
-                                         network_weights, set_network_weights, stored_weights)
+                                         export_characterize_model, feature_passes,
+                                         load_network_weights, network_weights,
+                                         set_network_weights, stored_weights)
 from hagg_tf.networks.architecture import get_head  # noqa: E402
 from hagg_tf.networks.preprocessing import INVERSION_THRESHOLD, preprocess_images_numpy  # noqa
 
@@ -393,6 +394,9 @@ def test_symmetry_averaging_is_the_mean_of_the_eight_passes(exported, symmetric)
                                averaged["fractal_dimension_per_image"], rtol=1e-5, atol=1e-5)
     assert averaged_symmetries(symmetric.metadata) == SQUARE_SYMMETRIES
     assert averaged_symmetries(single_pass.metadata) == 1
+    # The benchmark's FLOP floor counts every pass: five distinct f, each eight times.
+    assert feature_passes(single_pass.metadata) == len(NETWORK_ORDER)
+    assert feature_passes(symmetric.metadata) == SQUARE_SYMMETRIES * len(NETWORK_ORDER)
 
 
 def test_symmetry_averaging_takes_the_whole_group_or_nothing(exported, tmp_path):

@@ -91,7 +91,7 @@ from hagg_tf.estimation.model import (CHARACTERIZE_MODEL_NAME, CLUSTER_HEAD_OUTP
                                       CLUSTER_HEADS_SIGNATURE, METADATA_FORMAT,
                                       PER_IMAGE_OUTPUTS, PER_IMAGE_SIGNATURE,
                                       TEST_TIME_SYMMETRIES_KEY, TIO2_FEATURES, WO3_FEATURES,
-                                      resolve_version_dir)
+                                      averaged_symmetries, resolve_version_dir)
 from hagg_tf.export.saved_model import DOSE_INPUT, IMAGES_INPUT, METADATA_FILENAME, UINT16_ENDPOINT
 from hagg_tf.model.io import write_json_atomic
 from hagg_tf.networks.architecture import (CLASSIFIER_THRESHOLD, DEFAULT_ARCHITECTURE,
@@ -741,11 +741,12 @@ def export_characterize_model(models: Mapping[str, Any], export_dir_base: Union[
 def feature_passes(metadata: Mapping) -> int:
     """Passes of f per image that a composite export runs, from its ``hagg_tf_export.json``.
 
-    The distinct networks of its ``feature_source`` record; exports written before the record
-    existed had one f per network.
+    The distinct networks of its ``feature_source`` record (exports written before the record
+    existed had one f per network), each run once per symmetry the export averages over.
     """
     sources = metadata.get("feature_source")
-    return len(set(sources.values())) if sources else len(NETWORK_ORDER)
+    distinct = len(set(sources.values())) if sources else len(NETWORK_ORDER)
+    return distinct * averaged_symmetries(metadata)
 
 
 def load_network_weights(source) -> dict[str, dict[str, np.ndarray]]:
