@@ -34,10 +34,13 @@ python tools/train_backbone.py --dataset=work/datasets/realistic \
 # hagg-export-models --from_composite=saved_models/characterize/3 --stack_heads_cache=...
 # on the shipped f, the same fit (seed 0, 60 epochs) as this run's.
 # --overwrite: a clone already holds the shipped saved_models/characterize/3 (git diff shows
-# what the rerun changed).
+# what the rerun changed). --test_time_symmetries=8: f runs on every image under the square's
+# 8 symmetries and the outputs are averaged, as shipped (the shipped export got it afterwards,
+# with hagg-export-models --from_composite=saved_models/characterize/3 --test_time_symmetries=8,
+# on the same weights).
 python tools/export_models.py --backbone=work/training/shared_fine_stage3 \
   --dataset=work/datasets/realistic --output=saved_models --version=3 --kernel_dtype=float32 \
-  --evaluate_dataset=work/datasets/realistic --litert --overwrite
+  --test_time_symmetries=8 --evaluate_dataset=work/datasets/realistic --litert --overwrite
 python -c "from hagg_tf.estimation.domain import measure_training_domain, write_training_domain
 write_training_domain(measure_training_domain('work/datasets/realistic', split='validation'),
                       'saved_models/characterize/3')"
