@@ -2,8 +2,9 @@
 
 The floor: every distinct feature extractor f of the export runs once per image (five in an
 export of separately trained networks; one in characterize/3, where the five networks share f)
-and per symmetry of the square it averages over (1 or 8, ``--test_time_symmetries``), at :meth:`hagg_tf.networks.Architecture.flops` each (Table 3: 4.88 GFLOP at 512 px, the
-shared backbone's ``fine``: 0.30; g and the preprocessing are negligible). Divided by the
+and per symmetry of the square it averages over (1 or 8, ``--test_time_symmetries``), at
+:meth:`hagg_tf.networks.Architecture.flops` each (Table 3: 4.88 GFLOP at 512 px, the shared
+backbone's ``fine``: 0.30; g and the preprocessing are negligible). Divided by the
 machine's measured dense float32 matmul rate it gives the time no implementation can beat.
 
 Prints one JSON line per measurement:

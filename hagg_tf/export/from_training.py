@@ -222,6 +222,9 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
                           test_time_symmetries: Optional[int] = None) -> dict:
     """Rebuilds the Keras networks from a composite export and exports them again.
 
+    The composite keeps the source's ``TRAINING.md`` (with the records of any refit appended)
+    and its ``training_domain.json``: the networks' training images are the same.
+
     Args:
         source: export base, model or version directory of the composite.
         output, version, overwrite, per_network, composite, kernel_dtype, litert,
@@ -248,9 +251,8 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
         ValueError: ``sample_heads_cache`` or ``stack_heads_cache`` is not a pooled cache, or
             the networks do not share one f.
     """
-    from hagg_tf.estimation.model import export_sample_heads, find_model
     from hagg_tf.estimation.domain import load_training_domain, write_training_domain
-    from hagg_tf.estimation.model import averaged_symmetries
+    from hagg_tf.estimation.model import averaged_symmetries, export_sample_heads, find_model
 
     models, metadata = networks_from_composite(source)
     source_dir = find_model(source)[0]
@@ -293,8 +295,8 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
         (written["composite"] / TRAINING_LOG).write_text(text)
     # The training domain describes the images the networks were trained on, which a rebuild
     # does not change; without it characterize would warn that the images went unchecked.
-    domain = load_training_domain(source_dir)
-    if composite and domain is not None:
+    domain = load_training_domain(source_dir) if composite else None
+    if domain is not None:
         write_training_domain(domain, written["composite"])
     return written
 
