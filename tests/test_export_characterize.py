@@ -431,3 +431,9 @@ def test_a_rebuilt_composite_keeps_the_training_domain_of_its_source(exported, t
     bare = export_from_composite(version_dir, tmp_path / "bare", version=3, composite=True,
                                  per_network=False, kernel_dtype="float32")["composite"]
     assert load_training_domain(bare) is None
+    # An unreadable domain fails the export before anything is written.
+    (source / TRAINING_DOMAIN_FILENAME).write_text("{not json")
+    with pytest.raises(ValueError, match=TRAINING_DOMAIN_FILENAME):
+        export_from_composite(source, tmp_path / "broken", version=3, composite=True,
+                              per_network=False, kernel_dtype="float32")
+    assert not (tmp_path / "broken").exists()

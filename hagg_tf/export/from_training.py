@@ -256,6 +256,9 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
 
     models, metadata = networks_from_composite(source)
     source_dir = find_model(source)[0]
+    # The training domain describes the images the networks were trained on, which a rebuild
+    # does not change. Read before anything is written: an unreadable file fails the export.
+    domain = load_training_domain(source_dir) if composite else None
     card = dict(metadata.get("model_card") or {})
     training = dict(card.get("training") or {})
     # The source's measured accuracy holds only for the same networks and estimators.
@@ -293,9 +296,6 @@ def export_from_composite(source, output, *, version: int = 1, overwrite: bool =
         if log_lines:
             text = text.rstrip("\n") + "\n\n" + "\n".join(log_lines) + "\n"
         (written["composite"] / TRAINING_LOG).write_text(text)
-    # The training domain describes the images the networks were trained on, which a rebuild
-    # does not change; without it characterize would warn that the images went unchecked.
-    domain = load_training_domain(source_dir) if composite else None
     if domain is not None:
         write_training_domain(domain, written["composite"])
     return written
